@@ -1,0 +1,30 @@
+"""s4s: learned few-step solvers for pretrained diffusion models (S4S / S4S-Alt, Frankel et al. 2025).
+
+The flat public API::
+
+    import s4s
+    schedule = s4s.schedule_from_diffusers(pipe.scheduler)          # or s4s.VPDiscrete(...), s4s.EDM(), s4s.Flow()
+    denoiser = s4s.Denoiser.from_diffusers(pipe.unet, schedule)     # or .from_eps/.from_x0/.from_v/.from_flow/.from_edm
+    solver = s4s.baseline("dpmpp_3m", schedule, nfe=5, grid="logsnr")
+    x0 = solver.sample(denoiser, schedule.prior_noise((4, 3, 64, 64)))
+    solver.save("dpmpp3m-5.json"); solver = s4s.Solver.load("dpmpp3m-5.json")
+"""
+
+__version__ = "0.1.0"
+
+from s4s.baselines import BASELINES, GridPoints, HeunSampler, baseline, build_tables
+from s4s.denoisers import Denoiser, fingerprint_module
+from s4s.grids import GRIDS, make_grid, validate_grid
+from s4s.schedules import EDM, Flow, Schedule, VPCosine, VPDiscrete, VPLinear, schedule_from_config, schedule_from_diffusers
+from s4s.solver import Solver, SolverFileError, Tables, integrate
+from s4s.testbed import GaussianMixture
+
+__all__ = [
+    "__version__",
+    "BASELINES", "GRIDS", "baseline", "build_tables", "GridPoints", "HeunSampler",
+    "Denoiser", "fingerprint_module",
+    "make_grid", "validate_grid",
+    "Schedule", "VPDiscrete", "VPLinear", "VPCosine", "EDM", "Flow", "schedule_from_config", "schedule_from_diffusers",
+    "Solver", "SolverFileError", "Tables", "integrate",
+    "GaussianMixture",
+]

@@ -1,0 +1,168 @@
+r"""Denoiser adapters: every model type becomes a data predictor ``D(x, t) ~ E[x0 | x_t = x]``.
+
+With ``x_t = alpha_t x0 + sigma_t eps``:
+
+* eps-prediction:  ``D = (x - sigma eps) / alpha``
+* x0-prediction:   ``D = x0``
+* v-prediction (``v = alpha eps - sigma x0``):  ``D = (alpha x - sigma v) / (alpha^2 + sigma^2)``
+  (``= alpha x - sigma v`` for VP schedules)
+* flow velocity on the :class:`~s4s.schedules.Flow` schedule (``u = eps - x0``): ``D = x - t u``
+* EDM nets ``net(x, sigma, labels) -> D`` in VE coordinates: ``D = net(x / alpha, sigma / alpha, labels)``
+
+Classifier-free guidance combines the conditional and unconditional outputs of
+*one* batched call (one NFE): ``D = D_u + w (D_c - D_u)``; since every conversion
+above is affine in the network output at fixed ``(x, t)``, guiding D equals
+guiding eps, v or u.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from s4s.schedules import EDM, Flow, Schedule, VPDiscrete
+
+__all__ = ["Denoiser", "fingerprint_module"]
+
+ModelFn = Callable[[Tensor, Tensor, Any], Tensor]
+
+
+def fingerprint_module(module: torch.nn.Module) -> str:
+    """Short SHA-256 of a module's state dict (names, shapes, dtypes and values)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _bcast(v: Tensor, x: Tensor) -> Tensor:
+    """Per-sample scalars (shape ``(B,)``) broadcast against ``x`` of any rank."""
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _cat_cond(cond: Any, null: Any) -> Any:
+    """``[cond; null]`` along the batch; ``null`` broadcasts to ``cond`` (tensors or dicts of tensors)."""
+    if isinstance(cond, dict):
+        return {k: _cat_cond(cond[k], null[k]) for k in cond}
+    cond = torch.as_tensor(cond)
+    null = torch.as_tensor(null, device=cond.device, dtype=cond.dtype)
+    return torch.cat([cond, null.expand_as(cond)], 0)
+
+
+class Denoiser:
+    """A data-prediction model ``D(x, t, cond)`` in a schedule's time convention.
+
+    ``fn(x, t_model, cond)`` receives a batch, the per-sample *model* times
+    ``time_fn(t)`` (identity by default) and the condition, and returns D.
+    ``null_cond`` is the unconditional input used by classifier-free guidance.
+    """
+
+    def __init__(self, fn: ModelFn, schedule: Schedule, null_cond: Any = None,
+                 time_fn: Optional[Callable[[Tensor], Tensor]] = None, fingerprint: Optional[str] = None,
+                 name: str = "denoiser"):
+        self.fn, self.schedule, self.null_cond = fn, schedule, null_cond
+        self.time_fn = time_fn or (lambda t: t)
+        self.fingerprint, self.name = fingerprint, name
+
+    def __call__(self, x: Tensor, t: Any, cond: Any = None, guidance: Optional[float] = None) -> Tensor:
+        """``D(x, t)``; ``t`` a scalar or per-sample times; with ``guidance`` one batched guided call."""
+        t = torch.as_tensor(t, device=x.device)
+        t = (t.expand(x.shape[0]) if t.ndim == 0 else t).to(torch.float64)
+        if guidance is None or cond is None:
+            return self.fn(x, self.time_fn(t), cond)
+        if self.null_cond is None:
+            raise ValueError(f"{self.name}: classifier-free guidance needs a null_cond (the unconditional input)")
+        batch = x.shape[0]
+        both = self.fn(torch.cat([x, x]), self.time_fn(torch.cat([t, t])), _cat_cond(cond, self.null_cond))
+        d_cond, d_uncond = both[:batch], both[batch:]
+        return d_uncond + guidance * (d_cond - d_uncond)
+
+    # --- constructors --------------------------------------------------------------------
+    @classmethod
+    def _wrap(cls, fn: ModelFn, schedule: Schedule, convert: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor],
+              time_fn: Optional[Callable[[Tensor], Tensor]], **kw: Any) -> "Denoiser":
+        time_fn = time_fn or (lambda t: t)
+
+        def d(x: Tensor, t: Tensor, cond: Any) -> Tensor:
+            out = fn(x, time_fn(t), cond)
+            alpha = _bcast(schedule.alpha(t).to(x.dtype), x)
+            sigma = _bcast(schedule.sigma(t).to(x.dtype), x)
+            return convert(x, out, alpha, sigma)
+
+        return cls(d, schedule, **kw)
+
+    @classmethod
+    def from_x0(cls, fn: ModelFn, schedule: Schedule, time_fn: Optional[Callable[[Tensor], Tensor]] = None, **kw: Any) -> "Denoiser":
+        """``fn(x, t, cond)`` predicts x0 directly."""
+        return cls._wrap(fn, schedule, lambda x, out, a, s: out, time_fn, **kw)
+
+    @classmethod
+    def from_eps(cls, fn: ModelFn, schedule: Schedule, time_fn: Optional[Callable[[Tensor], Tensor]] = None, **kw: Any) -> "Denoiser":
+        """``fn(x, t, cond)`` predicts the noise: ``D = (x - sigma eps) / alpha``."""
+        return cls._wrap(fn, schedule, lambda x, out, a, s: (x - s * out) / a, time_fn, **kw)
+
+    @classmethod
+    def from_v(cls, fn: ModelFn, schedule: Schedule, time_fn: Optional[Callable[[Tensor], Tensor]] = None, **kw: Any) -> "Denoiser":
+        """``fn`` predicts ``v = alpha eps - sigma x0``: ``D = (alpha x - sigma v) / (alpha^2 + sigma^2)``."""
+        return cls._wrap(fn, schedule, lambda x, out, a, s: (a * x - s * out) / (a * a + s * s), time_fn, **kw)
+
+    @classmethod
+    def from_flow(cls, fn: ModelFn, schedule: Schedule, time_fn: Optional[Callable[[Tensor], Tensor]] = None, **kw: Any) -> "Denoiser":
+        """``fn`` predicts the rectified-flow velocity ``u = eps - x0`` on a :class:`Flow` schedule: ``D = x - t u``."""
+        if not isinstance(schedule, Flow):
+            raise ValueError(f"flow-velocity models need the Flow schedule (alpha = 1 - t, sigma = t), got {schedule!r}")
+        return cls._wrap(fn, schedule, lambda x, out, a, s: x - s * out, time_fn, **kw)
+
+    @classmethod
+    def from_edm(cls, net: Callable[..., Tensor], schedule: Optional[Schedule] = None, **kw: Any) -> "Denoiser":
+        """EDM / k-diffusion style ``net(x, sigma, class_labels) -> D`` in VE coordinates.
+
+        On a VP schedule the net sees ``x / alpha`` at noise level ``sigma / alpha`` (EDM's VP
+        preconditioning); on :class:`EDM` that is ``x`` at ``sigma = t``.
+        """
+        schedule = schedule or EDM()
+        if isinstance(net, torch.nn.Module):
+            kw.setdefault("fingerprint", fingerprint_module(net))
+            kw.setdefault("name", type(net).__name__)
+
+        def d(x: Tensor, t: Tensor, cond: Any) -> Tensor:
+            alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+            ve = (sigma / alpha).to(x.dtype)
+            return net(x / _bcast(alpha.to(x.dtype), x), ve, cond)
+
+        return cls(d, schedule, **kw)
+
+    @classmethod
+    def from_diffusers(cls, unet: torch.nn.Module, schedule: Schedule, prediction_type: Optional[str] = None,
+                       null_cond: Any = None, **kw: Any) -> "Denoiser":
+        """A diffusers ``UNet2DModel`` / ``UNet2DConditionModel``-style module.
+
+        ``cond`` is passed as ``class_labels`` (tensor) or as keyword arguments (dict, e.g.
+        ``{"encoder_hidden_states": emb}``). ``prediction_type`` is ``epsilon`` (default),
+        ``v_prediction``, ``sample`` or ``flow``. Discrete VP models get the fractional training
+        index as ``timestep``; flow models get ``1000 t`` as diffusers' flow transformers expect.
+        """
+        prediction_type = prediction_type or "epsilon"
+        param = next(unet.parameters(), None)
+
+        def fn(x: Tensor, t: Tensor, cond: Any) -> Tensor:
+            dtype = param.dtype if param is not None else x.dtype
+            kwargs = dict(cond) if isinstance(cond, dict) else ({} if cond is None else {"class_labels": cond})
+            out = unet(x.to(dtype), t.to(dtype), **kwargs)
+            out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, tuple) else out)
+            return out.to(x.dtype)
+
+        time_fn = (lambda t: t * 1000.0) if isinstance(schedule, Flow) else None
+        convert = {"epsilon": cls.from_eps, "v_prediction": cls.from_v, "sample": cls.from_x0, "flow": cls.from_flow}
+        if prediction_type not in convert:
+            raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {sorted(convert)}")
+        kw.setdefault("fingerprint", fingerprint_module(unet))
+        kw.setdefault("name", type(unet).__name__)
+        if not isinstance(schedule, (VPDiscrete, Flow)):
+            raise ValueError(f"diffusers models use a discrete VP or a flow schedule, got {schedule!r}")
+        return convert[prediction_type](fn, schedule, time_fn=time_fn, null_cond=null_cond, **kw)

@@ -1,0 +1,262 @@
+r"""The solver: a time grid, model-input times and coefficient tables, run by one stepping loop.
+
+Grid ``t_0 = T > ... > t_N``; model calls ``D_j = D(x_j, s_j)`` at input times ``s_j``
+(default ``s_j = t_j``). Predictor, for ``i = 0..N-1``::
+
+    x_{i+1} = sum_{j<=i} a[i, j] x_j + sum_{j<=i} b[i, j] D_j
+
+Optional corrector (UniPC-style), for ``i = 0..N-2``: the call at the predicted point
+``D_{i+1} = D(x^pred_{i+1}, s_{i+1})`` is made anyway (it is the next step's history
+entry), and reused to correct the state at no extra cost::
+
+    x_{i+1} <- sum_{j<=i} ac[i, j] x_j + sum_{j<=i+1} bc[i, j] D_j
+
+The last step has no corrector (no call is made at ``x_N``). Exactly N model calls.
+Shapes: ``a, b: (N, N)`` lower triangular; ``ac: (N-1, N)`` with ``ac[i, j] = 0`` for
+``j > i``; ``bc: (N-1, N)`` with ``bc[i, j] = 0`` for ``j > i + 1``.
+
+Tables and times are float64 tensors; the loop casts them to the sample's dtype and
+is differentiable in all of them (the learner backpropagates through it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from s4s.schedules import Schedule, schedule_from_config
+
+__all__ = ["Tables", "Solver", "SolverFileError", "integrate", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "s4s.solver"
+FORMAT_VERSION = 1
+
+ModelCall = Callable[[Tensor, Tensor], Tensor]
+
+
+class SolverFileError(ValueError):
+    """A solver file or dictionary that cannot be loaded; the message names the problem."""
+
+
+@dataclass
+class Tables:
+    """Predictor tables ``a, b`` (N, N) and optional corrector tables ``ac, bc`` (N-1, N)."""
+
+    a: Tensor
+    b: Tensor
+    ac: Optional[Tensor] = None
+    bc: Optional[Tensor] = None
+
+    @property
+    def nfe(self) -> int:
+        return self.a.shape[0]
+
+    @property
+    def has_corrector(self) -> bool:
+        return self.ac is not None
+
+
+def _combine(coef: Tensor, items: list[Tensor]) -> Tensor:
+    """``sum_j coef[j] * items[j]`` for tensors of any rank (only over the given items)."""
+    out = coef[0] * items[0]
+    for c, item in zip(coef[1:], items[1:]):
+        out = out + c * item
+    return out
+
+
+def integrate(model: ModelCall, x: Tensor, input_times: Tensor, tables: Tables, checkpoint: bool = False,
+              callback: Optional[Callable[[int, Tensor, Tensor], None]] = None) -> Tensor:
+    """Run the table-driven solver from ``x = x_0`` and return ``x_N`` (exactly N model calls).
+
+    ``model(x, s)`` returns D; ``checkpoint=True`` recomputes each call in the backward pass
+    (memory about one model call whatever N is). ``callback(i, x_i, D_i)`` after each call.
+    """
+    n = tables.nfe
+    dtype = x.dtype
+    a, b = tables.a.to(x.device, dtype), tables.b.to(x.device, dtype)
+    ac = tables.ac.to(x.device, dtype) if tables.ac is not None else None
+    bc = tables.bc.to(x.device, dtype) if tables.bc is not None else None
+
+    def call(xi: Tensor, s: Tensor) -> Tensor:
+        if checkpoint and torch.is_grad_enabled():
+            return _checkpoint(model, xi, s, use_reentrant=False)
+        return model(xi, s)
+
+    xs, ds = [x], [call(x, input_times[0])]
+    if callback is not None:
+        callback(0, x, ds[0])
+    for i in range(n):
+        x_pred = _combine(a[i, : i + 1], xs) + _combine(b[i, : i + 1], ds)
+        if i == n - 1:
+            return x_pred
+        ds.append(call(x_pred, input_times[i + 1]))
+        if callback is not None:
+            callback(i + 1, x_pred, ds[-1])
+        if ac is not None:
+            x_pred = _combine(ac[i, : i + 1], xs) + _combine(bc[i, : i + 2], ds)
+        xs.append(x_pred)
+    raise AssertionError("unreachable")
+
+
+def _matrix_ok(m: Tensor, shape: tuple[int, int], max_col: Callable[[int], int], name: str) -> None:
+    if tuple(m.shape) != shape:
+        raise SolverFileError(f"table {name!r} has shape {tuple(m.shape)}, expected {shape}")
+    if not bool(torch.isfinite(m).all()):
+        raise SolverFileError(f"table {name!r} contains NaN or inf")
+    for i in range(shape[0]):
+        if bool((m[i, max_col(i) + 1:] != 0).any()):
+            raise SolverFileError(f"table {name!r} row {i} uses entries beyond column {max_col(i)} (they must be 0)")
+
+
+@dataclass
+class Solver:
+    """A few-step sampler as data: grid, model-input times, tables and metadata."""
+
+    grid: Tensor
+    tables: Tables
+    input_times: Optional[Tensor] = None
+    schedule: Optional[Schedule] = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.grid = torch.as_tensor(self.grid, dtype=torch.float64)
+        if self.input_times is None:
+            self.input_times = self.grid[:-1]
+        self.input_times = torch.as_tensor(self.input_times, dtype=torch.float64)
+        self.validate()
+
+    @property
+    def nfe(self) -> int:
+        """Model calls per sample (one guided call counts as one)."""
+        return self.tables.nfe
+
+    def validate(self) -> None:
+        """Shapes, monotone grid, finite values, triangular tables; raises :class:`SolverFileError`."""
+        n = self.tables.nfe
+        g = self.grid.detach()
+        if g.ndim != 1 or g.numel() != n + 1:
+            raise SolverFileError(f"grid has {g.numel()} points; a {n}-call solver needs {n + 1}")
+        if not bool(torch.isfinite(g).all()):
+            raise SolverFileError("grid contains NaN or inf")
+        if not bool((g[1:] < g[:-1]).all()):
+            raise SolverFileError(f"grid must be strictly decreasing, got {g.tolist()}")
+        s = self.input_times.detach()
+        if s.ndim != 1 or s.numel() != n or not bool(torch.isfinite(s).all()):
+            raise SolverFileError(f"input_times must be {n} finite values, got shape {tuple(s.shape)}")
+        if self.schedule is not None:
+            try:
+                self.schedule.check_times(g, "grid")
+                self.schedule.check_times(s, "input_times")
+            except ValueError as err:
+                raise SolverFileError(str(err)) from err
+        t = self.tables
+        _matrix_ok(t.a.detach(), (n, n), lambda i: i, "a")
+        _matrix_ok(t.b.detach(), (n, n), lambda i: i, "b")
+        if (t.ac is None) != (t.bc is None):
+            raise SolverFileError("corrector needs both tables 'ac' and 'bc'")
+        if t.ac is not None:
+            _matrix_ok(t.ac.detach(), (n - 1, n), lambda i: i, "ac")
+            _matrix_ok(t.bc.detach(), (n - 1, n), lambda i: i + 1, "bc")
+
+    def sample(self, denoiser: Callable[..., Tensor], x_T: Tensor, cond: Any = None, guidance: Optional[float] = None,
+               checkpoint: bool = False, callback: Optional[Callable[[int, Tensor, Tensor], None]] = None) -> Tensor:
+        """Integrate from ``x_T`` (the state at ``t_0``, e.g. ``schedule.prior_noise``) to ``t_N``.
+
+        ``denoiser(x, t, cond, guidance)`` is usually a :class:`~s4s.denoisers.Denoiser`.
+        """
+        guidance = self.metadata.get("guidance") if guidance is None else guidance
+
+        def model(x: Tensor, s: Tensor) -> Tensor:
+            return denoiser(x, s, cond, guidance)
+
+        return integrate(model, x_T, self.input_times.to(x_T.device), self.tables, checkpoint, callback)
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        from s4s import __version__
+
+        t = self.tables
+        out: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "nfe": self.nfe,
+            "schedule": None if self.schedule is None else self.schedule.to_config(),
+            "grid": self.grid.detach().tolist(),
+            "input_times": self.input_times.detach().tolist(),
+            "predictor": {"a": t.a.detach().tolist(), "b": t.b.detach().tolist()},
+            "corrector": None if t.ac is None else {"a": t.ac.detach().tolist(), "b": t.bc.detach().tolist()},
+            "metadata": self.metadata,
+        }
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Solver":
+        if not isinstance(data, dict):
+            raise SolverFileError("a solver file must hold a JSON object")
+        if data.get("format") != FORMAT:
+            raise SolverFileError(f"not an s4s solver (format {data.get('format')!r}, expected {FORMAT!r})")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise SolverFileError(f"unknown format_version {version!r}; this s4s reads version {FORMAT_VERSION}")
+        missing = [k for k in ("grid", "input_times", "predictor") if k not in data]
+        if missing:
+            raise SolverFileError(f"missing field(s): {', '.join(missing)}")
+
+        def tensor(value: Any, name: str) -> Tensor:
+            try:
+                return torch.tensor(value, dtype=torch.float64)
+            except (TypeError, ValueError) as err:
+                raise SolverFileError(f"field {name!r} is not a numeric array of regular shape: {err}") from err
+
+        pred, corr = data["predictor"], data.get("corrector")
+        if not isinstance(pred, dict) or {"a", "b"} - set(pred):
+            raise SolverFileError("field 'predictor' needs tables 'a' and 'b'")
+        if corr is not None and (not isinstance(corr, dict) or {"a", "b"} - set(corr)):
+            raise SolverFileError("field 'corrector' needs tables 'a' and 'b' (or null)")
+        tables = Tables(tensor(pred["a"], "predictor.a"), tensor(pred["b"], "predictor.b"),
+                        None if corr is None else tensor(corr["a"], "corrector.a"),
+                        None if corr is None else tensor(corr["b"], "corrector.b"))
+        if tables.a.ndim != 2:
+            raise SolverFileError(f"table 'a' must be 2-D, got shape {tuple(tables.a.shape)}")
+        if "nfe" in data and data["nfe"] != tables.nfe:
+            raise SolverFileError(f"nfe {data['nfe']} does not match the tables ({tables.nfe} rows)")
+        try:
+            schedule = None if data.get("schedule") is None else schedule_from_config(data["schedule"])
+        except (TypeError, ValueError) as err:
+            raise SolverFileError(f"bad schedule: {err}") from err
+        return cls(tensor(data["grid"], "grid"), tables, tensor(data["input_times"], "input_times"),
+                   schedule, dict(data.get("metadata") or {}))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the solver as human-readable JSON (exact float64 round trip)."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Solver":
+        """Read a solver written by :meth:`save`; any defect raises :class:`SolverFileError`."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(), parse_constant=lambda c: math.nan)
+        except FileNotFoundError:
+            raise SolverFileError(f"{path}: no such solver file") from None
+        except json.JSONDecodeError as err:
+            raise SolverFileError(f"{path}: not valid JSON (truncated or corrupted?): {err}") from err
+        try:
+            return cls.from_dict(data)
+        except SolverFileError as err:
+            raise SolverFileError(f"{path}: {err}") from err
+
+    def __repr__(self) -> str:
+        src = self.metadata.get("source", "custom")
+        pc = "+corrector" if self.tables.has_corrector else ""
+        return f"Solver({src}{pc}, nfe={self.nfe}, grid=[{self.grid[0].item():.4g} .. {self.grid[-1].item():.4g}])"

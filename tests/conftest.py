@@ -1,0 +1,24 @@
+"""Shared fixtures: the exact Gaussian-mixture model on the bundled model's schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import s4s
+
+
+@pytest.fixture(scope="session")
+def vp() -> s4s.VPDiscrete:
+    """DDPM linear betas over 1000 steps (the bundled model's schedule)."""
+    return s4s.VPDiscrete(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=1000)
+
+
+@pytest.fixture(scope="session")
+def gmm() -> s4s.GaussianMixture:
+    return s4s.GaussianMixture.random(dim=8, components=4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def noise8() -> torch.Tensor:
+    return torch.randn(16, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
