@@ -1,0 +1,133 @@
+"""Train the bundled class-conditional MNIST diffusion model (reproduces the shipped weights).
+
+Recipe (written into the model card): diffusers ``UNet2DModel`` (blocks 32/64/96,
+one ResNet layer per block, self-attention only at 7x7), 11 class embeddings
+(digits 0-9 and a null class 10 for classifier-free guidance, labels dropped
+with probability ``--p-uncond``), Adam, linear warm-up, EMA of the weights.
+
+Objectives:
+  eps  - DDPM: linear betas 1e-4..0.02 over 1000 steps, x_t = sqrt(abar) x0 + sqrt(1-abar) eps,
+         the network predicts eps from (x_t, t) with integer t in [0, 999].
+  flow - rectified flow: x_t = (1-t) x0 + t eps, t ~ U(0, 1), the network predicts the
+         velocity v = eps - x0 from (x_t, 1000 t).
+
+Usage::
+
+    python scripts/train_mnist_unet.py --objective eps --steps 6000 --out src/s4s/assets/mnist-unet
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DModel
+
+from s4s.data import load_mnist
+
+log = logging.getLogger("train_mnist_unet")
+NULL_CLASS = 10
+
+
+def make_unet() -> UNet2DModel:
+    return UNet2DModel(
+        sample_size=28,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(32, 64, 96),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        num_class_embeds=NULL_CLASS + 1,
+        norm_num_groups=16,
+        attention_head_dim=32,
+    )
+
+
+def training_pair(x0: torch.Tensor, objective: str, alphas_cumprod: torch.Tensor, gen: torch.Generator):
+    """Return (x_t, model time, regression target) for one batch."""
+    eps = torch.randn(x0.shape, generator=gen)
+    n = x0.shape[0]
+    if objective == "eps":
+        t = torch.randint(0, len(alphas_cumprod), (n,), generator=gen)
+        abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * eps, t, eps
+    t = torch.rand(n, generator=gen)
+    tt = t.view(-1, 1, 1, 1)
+    return (1 - tt) * x0 + tt * eps, t * 1000.0, eps - x0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--objective", choices=["eps", "flow"], default="eps")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--p-uncond", type=float, default=0.12)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    data = load_mnist()
+    images, labels = data.train_images, data.train_labels
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    alphas_cumprod = torch.cumprod(1 - betas, 0).float()
+
+    model = make_unet()
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    state_path = args.out.with_name(args.out.name + "-train-state.pt")
+    step = 0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"]), ema.load_state_dict(state["ema"]), opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        step = state["step"]
+        log.info("resumed at step %d", step)
+    log.info("parameters: %d", sum(p.numel() for p in model.parameters()))
+    t0, running = time.time(), None
+    while step < args.steps:
+        idx = torch.randint(0, len(images), (args.batch_size,), generator=gen)
+        x0, y = images[idx], labels[idx].clone()
+        y[torch.rand(len(y), generator=gen) < args.p_uncond] = NULL_CLASS
+        xt, t, target = training_pair(x0, args.objective, alphas_cumprod, gen)
+        loss = torch.nn.functional.mse_loss(model(xt, t, class_labels=y).sample, target)
+        for group in opt.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0:
+            log.info("step %d loss %.4f (%.2f s/step)", step, running, (time.time() - t0) / 50)
+            t0 = time.time()
+        if step % args.save_every == 0 or step == args.steps:
+            ema.save_pretrained(args.out)
+            (args.out / "training.json").write_text(
+                json.dumps({"objective": args.objective, "steps": step, **{k: str(v) for k, v in vars(args).items()}}, indent=1)
+            )
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "gen": gen.get_state(), "step": step}, state_path)
+
+
+if __name__ == "__main__":
+    main()
