@@ -18,6 +18,7 @@ from s4s.grids import GRIDS, make_grid, validate_grid
 from s4s.schedules import EDM, Flow, Schedule, VPCosine, VPDiscrete, VPLinear, schedule_from_config, schedule_from_diffusers
 from s4s.solver import Solver, SolverFileError, Tables, integrate
 from s4s.testbed import GaussianMixture
+from s4s.learn import LearnConfig, TeacherData, learn
 
 __all__ = [
     "__version__",
@@ -27,4 +28,5 @@ __all__ = [
     "Schedule", "VPDiscrete", "VPLinear", "VPCosine", "EDM", "Flow", "schedule_from_config", "schedule_from_diffusers",
     "Solver", "SolverFileError", "Tables", "integrate",
     "GaussianMixture",
+    "learn", "LearnConfig", "TeacherData",
 ]

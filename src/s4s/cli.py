@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -40,6 +42,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_cache_dir() -> Path:
+    """Where teacher samples are cached: ``$S4S_CACHE`` or ``~/.cache/s4s``."""
+    return Path(os.environ.get("S4S_CACHE", Path.home() / ".cache" / "s4s"))
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from s4s.eval.features import feature_network_for
+    from s4s.eval.runner import evaluate, resolve_sampler
+    from s4s.models import load_model
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    model = load_model(args.model)
+    sampler = resolve_sampler(args.solver, model, args.nfe, args.grid)
+    feature_net = None
+    if "fd" in metrics:
+        feature_net = feature_network_for(model.sample_shape, args.inception_weights, args.reference_stats)
+    result = evaluate(model, sampler, num_samples=args.num_samples, seed=args.seed, guidance=args.guidance,
+                      metrics=metrics, teacher=args.teacher, batch_size=args.batch_size, feature_net=feature_net,
+                      cache_dir=None if args.no_cache else default_cache_dir() / "teacher",
+                      save_images=args.save_images, solver_label=args.solver)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        fd = "-" if result["fd"] is None else f"{result['fd']:.4f} ({result['feature_space']})"
+        rmse = "-" if result["teacher_rmse"] is None else f"{result['teacher_rmse']:.4f} (vs {result['teacher']})"
+        print(f"solver {result['solver']}  NFE {result['nfe']}  samples {result['num_samples']}  seed {result['seed']}")
+        print(f"  FD:           {fd}")
+        print(f"  teacher RMSE: {rmse}")
+        if result["accuracy"] is not None:
+            print(f"  accuracy:     {result['accuracy']:.4f}")
+        print(f"  time:         {result['seconds']:.1f} s (sampling {result['sample_seconds']:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s4s", description="Learned few-step solvers for diffusion models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -49,6 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6])
     p.add_argument("--samples", type=int, default=256)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("eval", help="sample a model with a solver and measure FD / distance to a teacher")
+    p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: the bundled MNIST UNet)")
+    p.add_argument("--solver", default="dpmpp_3m", help="baseline name or a solver .json file")
+    p.add_argument("--nfe", type=int, default=None, help="model calls (needed with a baseline name)")
+    p.add_argument("--grid", default="logsnr", help="time grid for a baseline: edm, time, logsnr, quadratic")
+    p.add_argument("--num-samples", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (class-balanced labels)")
+    p.add_argument("--metrics", default="fd", help="comma list of: fd, teacher")
+    p.add_argument("--teacher", default="unipc_bh2:100", help="NAME:NFE of the reference solver for --metrics teacher")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights for RGB FID")
+    p.add_argument("--reference-stats", type=Path, default=None, help="npz (mean, cov, count) of real-data features")
+    p.add_argument("--no-cache", action="store_true", help="do not cache teacher samples")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--save-images", type=Path, default=None, help="write the first 100 samples as a PNG grid")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("bench-baselines", help="every baseline x NFE x grid on the exact Gaussian mixture")
     p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10])

@@ -59,13 +59,15 @@ class Denoiser:
 
     ``fn(x, t_model, cond)`` receives a batch, the per-sample *model* times
     ``time_fn(t)`` (identity by default) and the condition, and returns D.
-    ``null_cond`` is the unconditional input used by classifier-free guidance.
+    ``null_cond`` is the unconditional input used by classifier-free guidance. ``clip_range``
+    clamps the (guided) D to the data range, e.g. ``(-1, 1)`` for images: the exact posterior
+    mean of data in that box lies in it, so this only removes network error (static thresholding).
     """
 
     def __init__(self, fn: ModelFn, schedule: Schedule, null_cond: Any = None,
                  time_fn: Optional[Callable[[Tensor], Tensor]] = None, fingerprint: Optional[str] = None,
-                 name: str = "denoiser"):
-        self.fn, self.schedule, self.null_cond = fn, schedule, null_cond
+                 name: str = "denoiser", clip_range: Optional[tuple[float, float]] = None):
+        self.fn, self.schedule, self.null_cond, self.clip_range = fn, schedule, null_cond, clip_range
         self.time_fn = time_fn or (lambda t: t)
         self.fingerprint, self.name = fingerprint, name
 
@@ -74,13 +76,15 @@ class Denoiser:
         t = torch.as_tensor(t, device=x.device)
         t = (t.expand(x.shape[0]) if t.ndim == 0 else t).to(torch.float64)
         if guidance is None or cond is None:
-            return self.fn(x, self.time_fn(t), cond)
-        if self.null_cond is None:
-            raise ValueError(f"{self.name}: classifier-free guidance needs a null_cond (the unconditional input)")
-        batch = x.shape[0]
-        both = self.fn(torch.cat([x, x]), self.time_fn(torch.cat([t, t])), _cat_cond(cond, self.null_cond))
-        d_cond, d_uncond = both[:batch], both[batch:]
-        return d_uncond + guidance * (d_cond - d_uncond)
+            d = self.fn(x, self.time_fn(t), cond)
+        else:
+            if self.null_cond is None:
+                raise ValueError(f"{self.name}: classifier-free guidance needs a null_cond (the unconditional input)")
+            batch = x.shape[0]
+            both = self.fn(torch.cat([x, x]), self.time_fn(torch.cat([t, t])), _cat_cond(cond, self.null_cond))
+            d_cond, d_uncond = both[:batch], both[batch:]
+            d = d_uncond + guidance * (d_cond - d_uncond)
+        return d if self.clip_range is None else d.clamp(*self.clip_range)
 
     # --- constructors --------------------------------------------------------------------
     @classmethod

@@ -1,0 +1,124 @@
+"""``s4s eval``: sample a model with a solver on fixed seeds and measure it.
+
+Metrics (each ``None`` in the result when not asked for):
+
+* ``fd`` - Fréchet distance of the samples' features to the real-data reference
+  (``feature_space`` names the features; FID only with Inception);
+* ``teacher_rmse`` - RMSE to a many-step teacher's samples from the *same* noise, and
+  ``teacher_feature_l2`` - mean L2 distance between their features (a perceptual distance);
+* ``accuracy`` - how often the bundled classifier recognises the requested class (guided
+  class-conditional sampling only).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from s4s.baselines import HeunSampler, baseline
+from s4s.eval.features import FeatureNetwork, feature_network_for
+from s4s.eval.frechet import FeatureStats, frechet_distance
+from s4s.eval.images import save_image_grid
+from s4s.learn.teacher import DEFAULT_TEACHER, make_teacher_data, sample_noise
+from s4s.models import LoadedModel
+from s4s.solver import Solver
+
+log = logging.getLogger(__name__)
+
+__all__ = ["resolve_sampler", "generate", "evaluate", "METRICS"]
+
+Sampler = Union[Solver, HeunSampler]
+METRICS = ("fd", "teacher")
+
+
+def resolve_sampler(spec: str, model: LoadedModel, nfe: Optional[int] = None, grid: str = "logsnr") -> Sampler:
+    """A solver file (``*.json``) or a baseline name with ``nfe`` on ``grid``."""
+    if spec.endswith(".json") or Path(spec).is_file():
+        solver = Solver.load(spec)
+        if nfe is not None and nfe != solver.nfe:
+            raise ValueError(f"{spec} is a {solver.nfe}-NFE solver; --nfe {nfe} asks for another")
+        if solver.schedule is not None and solver.schedule != model.schedule:
+            raise ValueError(f"{spec} was built for schedule {solver.schedule!r}, the model uses {model.schedule!r}")
+        fp = solver.metadata.get("model_fingerprint")
+        if fp and model.fingerprint and fp != model.fingerprint:
+            log.warning("%s was learned on model %s, evaluating on %s", spec, fp, model.fingerprint)
+        return solver
+    if nfe is None:
+        raise ValueError(f"--nfe is needed with a named solver ({spec!r})")
+    return baseline(spec, model.schedule, nfe, grid=grid)
+
+
+def sampling_labels(model: LoadedModel, num_samples: int, guidance: Optional[float]) -> Optional[Tensor]:
+    """Class-balanced labels when guiding a class-conditional model, the null label otherwise."""
+    return model.labels(num_samples, guided=guidance is not None)
+
+
+def generate(model: LoadedModel, sampler: Sampler, num_samples: int, seed: int = 0, guidance: Optional[float] = None,
+             batch_size: int = 500, progress: bool = True, labels: Optional[Tensor] = None) -> Tensor:
+    """``num_samples`` samples from the seeded noise of :func:`sample_noise` (float32, CPU)."""
+    x_T = sample_noise(model.schedule, num_samples, model.sample_shape, seed)
+    device = next(model.module.parameters()).device if model.module is not None else torch.device("cpu")
+    outs = []
+    for start in tqdm(range(0, num_samples, batch_size), desc=f"sampling nfe={sampler.nfe}", disable=not progress):
+        stop = min(start + batch_size, num_samples)
+        cond = None if labels is None else labels[start:stop].to(device)
+        with torch.no_grad():
+            outs.append(sampler.sample(model.denoiser, x_T[start:stop].to(device), cond, guidance).float().cpu())
+    return torch.cat(outs)
+
+
+def _features(net: FeatureNetwork, images: Tensor, batch_size: int = 1000) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([net.features(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+
+
+def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, seed: int = 0,
+             guidance: Optional[float] = None, metrics: Sequence[str] = ("fd",), teacher: str = DEFAULT_TEACHER,
+             batch_size: int = 500, feature_net: Optional[FeatureNetwork] = None, cache_dir: Optional[Path] = None,
+             save_images: Optional[Path] = None, progress: bool = True, solver_label: Optional[str] = None) -> dict[str, Any]:
+    """Sample and measure; returns a JSON-able dict (see module doc for the keys)."""
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    if guidance is not None and not model.num_classes:
+        raise ValueError("--guidance needs a class-conditional model")
+    t0 = time.time()
+    if feature_net is None and ("fd" in metrics or model.is_mnist_like):
+        feature_net = feature_network_for(model.sample_shape)
+    need_features = feature_net is not None
+    labels = sampling_labels(model, num_samples, guidance)
+    samples = generate(model, sampler, num_samples, seed, guidance, batch_size, progress, labels)
+    sample_seconds = time.time() - t0
+    result: dict[str, Any] = {
+        "solver": solver_label or sampler.metadata.get("source", "solver"), "nfe": sampler.nfe,
+        "num_samples": num_samples, "seed": seed, "guidance": guidance, "model": model.name,
+        "fd": None, "feature_space": None, "teacher_rmse": None, "teacher_feature_l2": None, "teacher": None,
+        "accuracy": None,
+    }
+    feats = _features(feature_net, samples) if feature_net is not None and need_features else None
+    if "fd" in metrics:
+        result["fd"] = frechet_distance(FeatureStats.from_features(feats), feature_net.reference)
+        result["feature_space"] = feature_net.name
+    if feature_net is not None and feature_net.classifier is not None and guidance is not None and labels is not None:
+        with torch.no_grad():
+            pred = torch.cat([feature_net.classifier(samples[i:i + 1000]).argmax(1) for i in range(0, num_samples, 1000)])
+        result["accuracy"] = float((pred == labels).float().mean())
+    if "teacher" in metrics:
+        data = make_teacher_data(model.denoiser, model.schedule, model.sample_shape, num_samples, teacher, seed,
+                                 labels, guidance, batch_size, cache_dir, model.fingerprint, progress=progress)
+        result["teacher"] = teacher
+        result["teacher_rmse"] = float((samples - data.x0).pow(2).mean().sqrt())
+        if feats is not None:
+            result["teacher_feature_l2"] = float((feats - _features(feature_net, data.x0)).norm(dim=1).mean())
+    if save_images is not None:
+        save_image_grid(samples[:100], save_images, nrow=10)
+        result["images"] = str(save_images)
+    result["sample_seconds"] = sample_seconds
+    result["seconds"] = time.time() - t0
+    return result

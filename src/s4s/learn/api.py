@@ -1,0 +1,64 @@
+"""``s4s.learn``: teacher data + S4S / S4S-Alt training in one call."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from s4s.learn.teacher import DEFAULT_TEACHER, TeacherData, make_teacher_data
+from s4s.learn.trainer import LearnConfig, LearnResult, save_run, train_solver
+from s4s.schedules import Schedule
+from s4s.solver import Solver
+
+log = logging.getLogger(__name__)
+
+__all__ = ["learn", "learn_with_result", "LEARN_SEED_OFFSET"]
+
+LEARN_SEED_OFFSET = 1_000_003  # learning noise never overlaps evaluation noise of the same seed
+
+
+def learn_with_result(denoiser: Callable[..., Tensor], schedule: Schedule, nfe: int, shape: tuple[int, ...],
+                      method: str = "s4s-alt", teacher: str = DEFAULT_TEACHER, num_samples: int = 512,
+                      val_fraction: float = 0.25, labels: Optional[Tensor] = None, guidance: Optional[float] = None,
+                      seed: int = 0, cache_dir: Optional[Path] = None, run_dir: Optional[Path] = None,
+                      resume: bool = False, progress: bool = True, feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
+                      teacher_data: Optional[TeacherData] = None, teacher_batch_size: int = 256,
+                      **options: Any) -> LearnResult:
+    """Like :func:`learn` but returns the :class:`LearnResult` (history, base losses, timing)."""
+    known = {f.name for f in fields(LearnConfig)} - {"nfe", "method", "guidance", "seed"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown learning option(s) {unknown}; known: {sorted(known)}")
+    config = LearnConfig(nfe=nfe, method=method, guidance=guidance, seed=seed, **options)
+    config.validate()
+    if teacher_data is None:
+        teacher_data = make_teacher_data(denoiser, schedule, tuple(shape), num_samples, teacher, seed + LEARN_SEED_OFFSET,
+                                         labels, guidance, teacher_batch_size, cache_dir,
+                                         getattr(denoiser, "fingerprint", None), progress=progress)
+    n_val = max(1, int(round(len(teacher_data) * val_fraction)))
+    if len(teacher_data) - n_val < 1:
+        raise ValueError(f"{len(teacher_data)} teacher samples leave none for training")
+    train, val = teacher_data.split(len(teacher_data) - n_val)
+    meta = {"teacher": teacher_data.meta.get("teacher", teacher), "num_samples": len(teacher_data),
+            "model_fingerprint": getattr(denoiser, "fingerprint", None)}
+    result = train_solver(denoiser, schedule, train, val, config, run_dir, resume, progress, feature_fn, meta)
+    if run_dir is not None:
+        save_run(result, config, Path(run_dir))
+    return result
+
+
+def learn(denoiser: Callable[..., Tensor], schedule: Schedule, nfe: int, shape: tuple[int, ...], **kwargs: Any) -> Solver:
+    """Learn an ``nfe``-call solver for ``denoiser`` (S4S / S4S-Alt; see :mod:`s4s.learn.trainer`).
+
+    ``shape`` is one sample's shape (e.g. ``(4, 64, 64)``). Keyword arguments: ``method``
+    (``s4s``, ``s4s-pc``, ``s4s-alt``, ``s4s-alt-pc``, ``s4s-joint``), ``teacher`` (``NAME:NFE``),
+    ``num_samples``, ``labels`` / ``guidance``, ``loss``, ``steps``, ``batch_size``, ``lr``, ``base``,
+    ``grid``, ``ball_radius``, ``seed``, ``cache_dir``, ``run_dir``, ``resume``... Returns the
+    best-on-validation :class:`~s4s.Solver`, which records the guidance scale it was learned for.
+    """
+    return learn_with_result(denoiser, schedule, nfe, shape, **kwargs).solver

@@ -1,0 +1,65 @@
+r"""Distances ``d(student, teacher)`` for the S4S objective ``E d(student(x_T'), x0_teacher)``.
+
+All return one value per sample (shape ``(B,)``), averaged by the trainer:
+
+* ``l2``: mean squared error per sample;  ``l1``: mean absolute error;
+* ``pseudo_huber``: ``sqrt(||x - y||^2 + c^2) - c`` with ``c = 0.00054 sqrt(d)`` (Song & Dhariwal 2023);
+* ``feature``: squared L2 between ``f(x)`` and ``f(y)`` for any differentiable module ``f`` (e.g. the
+  bundled MNIST classifier's features);
+* ``lpips``: LPIPS, only when the ``lpips`` package and its weights are present locally.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["LOSSES", "make_distance"]
+
+Distance = Callable[[Tensor, Tensor], Tensor]
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+def l2(x: Tensor, y: Tensor) -> Tensor:
+    return _flat(x - y).pow(2).mean(1)
+
+
+def l1(x: Tensor, y: Tensor) -> Tensor:
+    return _flat(x - y).abs().mean(1)
+
+
+def pseudo_huber(x: Tensor, y: Tensor) -> Tensor:
+    d = _flat(x - y)
+    c = 0.00054 * d.shape[1] ** 0.5
+    return torch.sqrt(d.pow(2).sum(1) + c * c) - c
+
+
+LOSSES = ("l2", "l1", "pseudo_huber", "feature", "lpips")
+
+
+def make_distance(name: str, feature_fn: Optional[Callable[[Tensor], Tensor]] = None) -> Distance:
+    """The distance called ``name`` (``feature`` needs ``feature_fn``)."""
+    if name == "l2":
+        return l2
+    if name == "l1":
+        return l1
+    if name == "pseudo_huber":
+        return pseudo_huber
+    if name == "feature":
+        if feature_fn is None:
+            raise ValueError("loss 'feature' needs a feature network (e.g. the bundled MNIST classifier's features)")
+        return lambda x, y: _flat(feature_fn(x) - feature_fn(y)).pow(2).mean(1)
+    if name == "lpips":
+        try:
+            import lpips  # type: ignore[import-not-found]
+        except ImportError as err:
+            raise ValueError("loss 'lpips' needs the 'lpips' package with its weights available locally "
+                             "(pip install lpips on a machine that can fetch its VGG weights); use l2/l1/feature") from err
+        net = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False)
+        return lambda x, y: net(x, y).reshape(x.shape[0])
+    raise ValueError(f"unknown loss {name!r}; choose from {list(LOSSES)}")

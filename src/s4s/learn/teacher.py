@@ -1,0 +1,120 @@
+"""Teacher data, data-free: noise draws ``x_T`` and a strong solver's outputs ``x0_teacher``.
+
+Noise is a pure function of ``(seed, num_samples, shape)`` so student and teacher always see the same
+draws. Results are cached per batch under ``cache_dir/<key>/`` where ``key`` hashes everything
+that determines them (model fingerprint, schedule, teacher, guidance, labels, seed, count, shape):
+an interrupted run resumes from its last finished batch, and a cache whose ``meta.json`` does not
+match the request is refused with an error, never reused silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from s4s.baselines import baseline
+from s4s.schedules import Schedule
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TeacherData", "make_teacher_data", "parse_teacher", "sample_noise", "DEFAULT_TEACHER"]
+
+DEFAULT_TEACHER = "unipc_bh2:100"
+
+
+def parse_teacher(spec: str) -> tuple[str, int]:
+    """``"NAME:NFE"`` -> ``(name, nfe)``; e.g. ``"unipc_bh2:100"``."""
+    name, sep, nfe = spec.partition(":")
+    if not sep or not nfe.isdigit() or int(nfe) < 1:
+        raise ValueError(f"teacher must look like NAME:NFE (e.g. {DEFAULT_TEACHER!r}), got {spec!r}")
+    return name, int(nfe)
+
+
+def sample_noise(schedule: Schedule, num_samples: int, shape: tuple[int, ...], seed: int,
+                 t: Optional[float] = None) -> Tensor:
+    """The ``num_samples`` initial states for ``seed``: ``sigma(T) * N(0, I)``, float32, on CPU."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return schedule.prior_noise((num_samples, *shape), generator=gen, t=t)
+
+
+@dataclass
+class TeacherData:
+    """``x_T`` (n, ...), condition (n,) or None, teacher outputs ``x0`` (n, ...), and how they were made."""
+
+    x_T: Tensor
+    cond: Optional[Tensor]
+    x0: Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.x_T.shape[0]
+
+    def split(self, num_train: int) -> tuple["TeacherData", "TeacherData"]:
+        """First ``num_train`` samples for training, the rest for validation."""
+        def part(sl: slice) -> TeacherData:
+            return TeacherData(self.x_T[sl], None if self.cond is None else self.cond[sl], self.x0[sl], self.meta)
+        return part(slice(0, num_train)), part(slice(num_train, None))
+
+
+def _key(meta: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tuple[int, ...], num_samples: int,
+                      teacher: str = DEFAULT_TEACHER, seed: int = 0, labels: Optional[Tensor] = None,
+                      guidance: Optional[float] = None, batch_size: int = 256, cache_dir: Optional[Path] = None,
+                      fingerprint: Optional[str] = None, grid: str = "logsnr", progress: bool = True,
+                      device: torch.device | str = "cpu") -> TeacherData:
+    """Run the teacher on ``num_samples`` seeded noises (batched, cached and resumable when ``cache_dir``)."""
+    name, nfe = parse_teacher(teacher)
+    solver = baseline(name, schedule, nfe, grid=grid)
+    x_T = sample_noise(schedule, num_samples, shape, seed)
+    if labels is not None and labels.shape[0] != num_samples:
+        raise ValueError(f"{labels.shape[0]} labels for {num_samples} samples")
+    meta = {"model": fingerprint, "schedule": schedule.to_config(), "teacher": teacher, "teacher_grid": grid,
+            "seed": seed, "num_samples": num_samples, "shape": list(shape), "guidance": guidance,
+            "labels": None if labels is None else hashlib.sha256(labels.numpy().tobytes()).hexdigest()[:16],
+            "batch_size": batch_size}
+    folder = None
+    if cache_dir is not None:
+        if fingerprint is None:
+            raise ValueError("caching teacher data needs the model's fingerprint")
+        folder = Path(cache_dir) / _key(meta)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta_path = folder / "meta.json"
+        if meta_path.exists():
+            stored = json.loads(meta_path.read_text())
+            if stored != meta:
+                raise ValueError(f"teacher cache {folder} was made for a different request; delete it or use another cache_dir")
+        else:
+            meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    outs = []
+    starts = list(range(0, num_samples, batch_size))
+    t0 = time.time()
+    for start in tqdm(starts, desc=f"teacher {teacher}", disable=not progress):
+        stop = min(start + batch_size, num_samples)
+        path = None if folder is None else folder / f"batch_{start:07d}.pt"
+        if path is not None and path.exists():
+            outs.append(torch.load(path))
+            continue
+        cond = None if labels is None else labels[start:stop].to(device)
+        with torch.no_grad():
+            x0 = solver.sample(denoiser, x_T[start:stop].to(device), cond, guidance).cpu()
+        if not bool(torch.isfinite(x0).all()):
+            raise FloatingPointError(f"teacher {teacher} produced NaN/inf in samples {start}..{stop}")
+        if path is not None:
+            torch.save(x0, path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").rename(path)  # atomic: an interrupted batch is redone, never half-read
+        outs.append(x0)
+    log.info("teacher %s: %d samples in %.1f s%s", teacher, num_samples, time.time() - t0,
+             f" (cache {folder})" if folder else "")
+    return TeacherData(x_T, labels, torch.cat(outs), meta)

@@ -1,0 +1,294 @@
+r"""The S4S / S4S-Alt training loop.
+
+Objective (DESIGN §4): ``E_i d(student(x_T'^i), x0_teacher^i)``, the student being the N-call
+solver unrolled and differentiated end to end with the model frozen. With ``ball_radius = r > 0``
+each training sample has its own input ``x_T'`` kept within RMS distance ``r * sigma_T`` of
+``x_T`` (LD3's relaxed objective; ``r = 0`` is the plain one), updated by normalised gradient
+steps and projection.
+
+Methods:
+
+* ``s4s``       - predictor coefficients (linear multistep), grid fixed;
+* ``s4s-pc``    - predictor and corrector coefficients, grid fixed;
+* ``s4s-alt``   - alternating rounds: coefficients (grid fixed), then grid + input times
+  (coefficients fixed); ``s4s-alt-pc`` the same in predictor-corrector form;
+* ``s4s-joint`` - coefficients, grid and input times together (to compare with alternating).
+
+Adam with linear warm-up, mini-batches, validation every ``val_every`` steps on held-out noise
+with the plain objective; the best-on-validation solver is returned, and step 0 is the base
+solver, so the result is never worse than the base on validation. A checkpoint at every
+validation lets an interrupted run resume to the same result. NaN/inf stops the run with a
+clear message and keeps the best solver so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from s4s.baselines import BASELINES
+from s4s.grids import GRIDS, make_grid
+from s4s.learn.objectives import make_distance
+from s4s.learn.parametrization import LearnableSolver
+from s4s.learn.teacher import TeacherData
+from s4s.schedules import Schedule
+from s4s.solver import Solver, integrate
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LearnConfig", "LearnResult", "METHODS", "train_solver", "choose_base"]
+
+METHODS = ("s4s", "s4s-pc", "s4s-alt", "s4s-alt-pc", "s4s-joint")
+BASE_CANDIDATES = ("dpmpp_3m", "unipc_bh2")
+
+
+@dataclass
+class LearnConfig:
+    """Everything that determines a learning run (saved beside the result)."""
+
+    nfe: int
+    method: str = "s4s-alt"
+    base: str = "auto"            # a BASELINES name, or "auto": best of dpmpp_3m / unipc_bh2 on validation
+    grid: str = "auto"            # a GRIDS name, or "auto": best grid for the base on validation
+    loss: str = "l2"
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 1e-2              # coefficient residuals
+    grid_lr: float = 2e-2         # grid logits and input-time shifts
+    warmup: int = 10
+    alt_round: int = 25           # steps per round for S4S-Alt
+    val_every: int = 25
+    ball_radius: float = 0.0
+    ball_lr: float = 0.05
+    learn_a: bool = False
+    guidance: Optional[float] = None
+    seed: int = 0
+    checkpoint: Optional[bool] = None   # per-call activation checkpointing; None: on for samples >= 4096 values
+
+    def validate(self) -> None:
+        if self.nfe < 1:
+            raise ValueError(f"nfe must be >= 1, got {self.nfe}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {list(METHODS)}")
+        if self.base != "auto" and self.base not in BASELINES:
+            raise ValueError(f"unknown base {self.base!r}; choose 'auto' or one of {sorted(BASELINES)}")
+        if self.grid != "auto" and self.grid not in GRIDS:
+            raise ValueError(f"unknown grid {self.grid!r}; choose 'auto' or one of {sorted(GRIDS)}")
+        for name in ("steps", "batch_size", "val_every", "alt_round"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    @property
+    def corrector(self) -> bool:
+        return self.method.endswith("-pc")
+
+    @property
+    def learns_grid(self) -> bool:
+        return self.method.startswith("s4s-alt") or self.method == "s4s-joint"
+
+
+@dataclass
+class LearnResult:
+    solver: Solver
+    history: list[dict[str, Any]] = field(default_factory=list)
+    base_losses: dict[str, float] = field(default_factory=dict)
+    stopped: Optional[str] = None
+    seconds: float = 0.0
+
+
+def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], distance, data: TeacherData,
+                  batch_size: int) -> float:
+    total, n = 0.0, len(data)
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            cond = None if data.cond is None else data.cond[i:i + batch_size]
+            out = solver_fn(data.x_T[i:i + batch_size], cond)
+            total += float(distance(out, data.x0[i:i + batch_size]).sum())
+    return total / n
+
+
+def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: TeacherData, distance) -> tuple[str, str, dict[str, float]]:
+    """The (base, grid) pair with the lowest validation loss at this NFE (DESIGN §4.6)."""
+    bases = BASE_CANDIDATES if config.base == "auto" else (config.base,)
+    grids = tuple(GRIDS) if config.grid == "auto" else (config.grid,)
+    losses: dict[str, float] = {}
+    for base in bases:
+        for grid in grids:
+            model = LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector)
+            solver = model.to_solver()
+            fn = lambda x, c: solver.sample(denoiser, x, c, config.guidance)  # noqa: E731
+            losses[f"{base}/{grid}"] = _batched_loss(fn, distance, val, 4 * config.batch_size)
+    best = min(losses, key=losses.get)
+    log.info("base candidates (validation %s): %s -> %s", config.loss,
+             ", ".join(f"{k} {v:.4g}" for k, v in losses.items()), best)
+    base, grid = best.split("/")
+    return base, grid, losses
+
+
+def _lr_factor(step: int, warmup: int) -> float:
+    return min(1.0, (step + 1) / max(warmup, 1))
+
+
+def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherData, config: LearnConfig,
+                 run_dir: Optional[Path] = None, resume: bool = False, progress: bool = True,
+                 feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
+                 metadata: Optional[dict[str, Any]] = None) -> LearnResult:
+    """Learn a solver (see module doc). ``run_dir`` holds ``checkpoint.pt`` for ``resume``."""
+    config.validate()
+    t_start = time.time()
+    distance = make_distance(config.loss, feature_fn)
+    plain = make_distance("l2")
+    ckpt_path = None if run_dir is None else Path(run_dir) / "checkpoint.pt"
+    state = torch.load(ckpt_path, weights_only=False) if resume and ckpt_path is not None and ckpt_path.exists() else None
+    if resume and state is None:
+        log.warning("no checkpoint to resume from in %s; starting afresh", run_dir)
+    if state is not None:
+        base, grid, base_losses = state["base"], state["grid"], state["base_losses"]
+    else:
+        base, grid, base_losses = choose_base(denoiser, schedule, config, val, distance)
+    model = LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector,
+                            learn_a=config.learn_a)
+    coef_opt = torch.optim.Adam(model.coefficient_parameters(), lr=config.lr)
+    grid_opt = torch.optim.Adam(model.grid_parameters(), lr=config.grid_lr) if config.learns_grid else None
+    gen = torch.Generator().manual_seed(config.seed)
+    x_prime = train.x_T.clone() if config.ball_radius > 0 else None
+    sample_numel = math.prod(train.x_T.shape[1:])
+    use_ckpt = config.checkpoint if config.checkpoint is not None else sample_numel >= 4096
+    sigma_T = float(schedule.sigma(torch.tensor(float(model.t_ends[0]), dtype=torch.float64)))
+    meta = {"method": config.method, "base": base, "grid_init": grid, "nfe": config.nfe, "loss": config.loss,
+            "guidance": config.guidance, "source": config.method, **(metadata or {})}
+
+    def student(x: Tensor, cond: Optional[Tensor]) -> Tensor:
+        t, s, tables = model()
+        return integrate(lambda xx, ss: denoiser(xx, ss, cond, config.guidance), x, s, tables, checkpoint=use_ckpt)
+
+    def validate_now() -> float:
+        solver = model.to_solver()
+        return _batched_loss(lambda x, c: solver.sample(denoiser, x, c, config.guidance), plain, val, 4 * config.batch_size)
+
+    step, history = 0, []
+    best_val, best_state = math.inf, None
+    coef_steps = grid_steps = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        coef_opt.load_state_dict(state["coef_opt"])
+        if grid_opt is not None:
+            grid_opt.load_state_dict(state["grid_opt"])
+        gen.set_state(state["gen"])
+        x_prime = state["x_prime"]
+        step, history, best_val, best_state = state["step"], state["history"], state["best_val"], state["best_state"]
+        coef_steps, grid_steps = state["coef_steps"], state["grid_steps"]
+        log.info("resumed at step %d (best validation %.5g)", step, best_val)
+    else:
+        best_val, best_state = validate_now(), copy.deepcopy(model.state_dict())
+        history.append({"step": 0, "train_loss": None, "val_loss": best_val, "phase": "base"})
+        log.info("step 0 (base %s on %s grid): validation RMSE %.5f", base, grid, math.sqrt(best_val))
+
+    stopped = None
+    running, count = 0.0, 0
+    bar = tqdm(total=config.steps, initial=step, desc=f"learn {config.method} nfe={config.nfe}", disable=not progress)
+    while step < config.steps:
+        if config.method.startswith("s4s-alt"):
+            phase = "coefficients" if (step // config.alt_round) % 2 == 0 else "grid"
+        elif config.method == "s4s-joint":
+            phase = "joint"
+        else:
+            phase = "coefficients"
+        idx = torch.randint(0, len(train), (config.batch_size,), generator=gen)
+        cond = None if train.cond is None else train.cond[idx]
+        x_in = train.x_T[idx] if x_prime is None else x_prime[idx].clone().requires_grad_(True)
+        loss = distance(student(x_in, cond), train.x0[idx]).mean()
+        if not bool(torch.isfinite(loss)):
+            stopped = f"non-finite loss at step {step} ({loss.item()}); kept the best solver (validation {best_val:.5g})"
+            log.error("%s", stopped)
+            break
+        coef_opt.zero_grad(set_to_none=True)
+        if grid_opt is not None:
+            grid_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if phase in ("coefficients", "joint"):
+            for g in coef_opt.param_groups:
+                g["lr"] = config.lr * _lr_factor(coef_steps, config.warmup)
+            coef_opt.step()
+            coef_steps += 1
+        if phase in ("grid", "joint") and grid_opt is not None:
+            for g in grid_opt.param_groups:
+                g["lr"] = config.grid_lr * _lr_factor(grid_steps, config.warmup)
+            grid_opt.step()
+            grid_steps += 1
+        if x_prime is not None:
+            with torch.no_grad():
+                grad = x_in.grad.reshape(len(idx), -1)
+                new = x_in.detach().reshape(len(idx), -1) - config.ball_lr * sigma_T * grad / (
+                    grad.pow(2).mean(1, keepdim=True).sqrt() + 1e-12)
+                origin = train.x_T[idx].reshape(len(idx), -1)
+                delta = new - origin
+                limit = config.ball_radius * sigma_T * math.sqrt(delta.shape[1])
+                delta = delta * (limit / delta.norm(dim=1, keepdim=True).clamp(min=limit))
+                x_prime[idx] = (origin + delta).reshape(x_in.shape)
+        running += loss.item()
+        count += 1
+        step += 1
+        bar.update(1)
+        if step % config.val_every == 0 or step == config.steps:
+            val_loss = validate_now()
+            if not math.isfinite(val_loss):
+                stopped = f"non-finite validation loss at step {step}; kept the best solver (validation {best_val:.5g})"
+                log.error("%s", stopped)
+                break
+            history.append({"step": step, "train_loss": running / max(count, 1), "val_loss": val_loss, "phase": phase})
+            running, count = 0.0, 0
+            if val_loss < best_val:
+                best_val, best_state = val_loss, copy.deepcopy(model.state_dict())
+            bar.set_postfix(val_rmse=f"{math.sqrt(val_loss):.4f}", best=f"{math.sqrt(best_val):.4f}")
+            if ckpt_path is not None:
+                ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"model": model.state_dict(), "coef_opt": coef_opt.state_dict(),
+                            "grid_opt": None if grid_opt is None else grid_opt.state_dict(), "gen": gen.get_state(),
+                            "x_prime": x_prime, "step": step, "history": history, "best_val": best_val,
+                            "best_state": best_state, "coef_steps": coef_steps, "grid_steps": grid_steps,
+                            "base": base, "grid": grid, "base_losses": base_losses, "config": asdict(config)},
+                           ckpt_path.with_suffix(".tmp"))
+                ckpt_path.with_suffix(".tmp").rename(ckpt_path)
+    bar.close()
+    model.load_state_dict(best_state)
+    meta.update({"val_loss": best_val, "base_val_loss": history[0]["val_loss"], "steps": step})
+    solver = model.to_solver(meta)
+    return LearnResult(solver, history, base_losses, stopped, time.time() - t_start)
+
+
+def save_run(result: LearnResult, config: LearnConfig, run_dir: Path) -> None:
+    """Resolved config, history (JSON) and training/validation curves (PNG) in ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1) + "\n")
+    (run_dir / "history.json").write_text(json.dumps({"history": result.history, "base_losses": result.base_losses,
+                                                      "stopped": result.stopped, "seconds": result.seconds}, indent=1) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    tr = [(h["step"], h["train_loss"]) for h in result.history if h["train_loss"] is not None]
+    va = [(h["step"], h["val_loss"]) for h in result.history]
+    if tr:
+        ax.plot(*zip(*tr), label=f"train ({config.loss})")
+    ax.plot(*zip(*va), marker="o", label="validation (MSE)")
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title=f"{config.method}, NFE {config.nfe}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=110)
+    plt.close(fig)

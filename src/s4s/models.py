@@ -1,0 +1,130 @@
+"""Loading models: the bundled MNIST model and local diffusers folders (never a hub).
+
+:func:`load_model` accepts
+
+* ``None`` - the bundled class-conditional MNIST UNet (``s4s/assets/mnist-unet``);
+* a diffusers model folder (``config.json`` + weights of a ``UNet2DModel`` /
+  ``UNet2DConditionModel``) with its ``scheduler_config.json`` beside it, or
+* a diffusers pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``).
+
+It returns a :class:`LoadedModel`: the denoiser, its schedule and what sampling needs to know.
+Class-conditional UNets (``num_class_embeds = K + 1``) use the last class ``K`` as the null label
+of classifier-free guidance, the convention of the bundled model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from s4s.denoisers import Denoiser
+from s4s.schedules import Schedule, schedule_from_diffusers
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LoadedModel", "load_model", "bundled_model_path", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "mnist-unet"
+
+
+def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
+    from s4s.eval.classifier import assets_dir
+
+    return assets_dir() / name
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for sampling."""
+
+    denoiser: Denoiser
+    schedule: Schedule
+    sample_shape: tuple[int, ...]
+    num_classes: int = 0
+    name: str = "model"
+    path: Optional[Path] = None
+    module: Optional[torch.nn.Module] = field(default=None, repr=False)
+
+    @property
+    def null_label(self) -> Optional[int]:
+        return self.num_classes if self.num_classes else None
+
+    def labels(self, n: int, start: int = 0, guided: bool = True) -> Optional[torch.Tensor]:
+        """Class-balanced labels ``(start + i) mod K`` (or the null label when not ``guided``)."""
+        if not self.num_classes:
+            return None
+        if not guided:
+            return torch.full((n,), self.num_classes, dtype=torch.long)
+        return (torch.arange(n) + start) % self.num_classes
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        return self.denoiser.fingerprint
+
+    @property
+    def is_mnist_like(self) -> bool:
+        return tuple(self.sample_shape) == (1, 28, 28)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+
+
+def _unet_class(config: dict[str, Any]):
+    import diffusers
+
+    name = config.get("_class_name", "UNet2DModel")
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise ValueError(f"unknown diffusers model class {name!r}")
+    return cls
+
+
+def _scheduler_config(folder: Path) -> dict[str, Any]:
+    for candidate in (folder / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"):
+        if candidate.is_file():
+            return _read_json(candidate)
+    raise ValueError(f"{folder}: no scheduler_config.json beside the model; it is needed to know the noise schedule")
+
+
+def load_model(path: Optional[str | Path] = None, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32, clip_denoised: Optional[bool] = None) -> LoadedModel:
+    """Load a model for sampling (see module doc). ``clip_denoised`` clamps D to the data range
+    [-1, 1] (the true posterior mean of [-1, 1] data lies there); default: on for the bundled model."""
+    bundled = path is None
+    folder = bundled_model_path() if bundled else Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(f"model not found: {folder}")
+    if (folder / "model_index.json").is_file():
+        index = _read_json(folder / "model_index.json")
+        if "unet" not in index and "transformer" not in index:
+            raise ValueError(f"{folder}: pipeline has no 'unet' component (latent/transformer pipelines: see s4s.pipelines)")
+        folder = folder / "unet"
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder}: not a diffusers model folder (no config.json)")
+    config = _read_json(folder / "config.json")
+    sched_cfg = _scheduler_config(folder)
+    schedule = schedule_from_diffusers(sched_cfg)
+    unet = _unet_class(config).from_pretrained(str(folder), torch_dtype=dtype).to(device).eval().requires_grad_(False)
+    n_embeds = config.get("num_class_embeds") or 0
+    num_classes = max(n_embeds - 1, 0)
+    prediction = sched_cfg.get("prediction_type", "epsilon")
+    if "FlowMatch" in str(sched_cfg.get("_class_name", "")):
+        prediction = "flow"
+    sample_size = config.get("sample_size", 28)
+    hw = tuple(sample_size) if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
+    denoiser = Denoiser.from_diffusers(unet, schedule, prediction_type=prediction,
+                                       null_cond=num_classes if num_classes else None)
+    if clip_denoised if clip_denoised is not None else bundled:
+        denoiser.clip_range = (-1.0, 1.0)
+    name = "bundled MNIST UNet" if bundled else folder.name
+    log.info("loaded %s (%s, %s, %d classes)", name, type(unet).__name__, schedule.kind, num_classes)
+    return LoadedModel(denoiser, schedule, (config.get("in_channels", 3),) + hw, num_classes, name, folder, unet)

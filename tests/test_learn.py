@@ -1,0 +1,146 @@
+"""S4S / S4S-Alt on the exact Gaussian-mixture model (teacher = exact ODE solution)."""
+
+import math
+
+import pytest
+import torch
+
+import s4s
+from s4s.learn import LearnableSolver, LearnConfig, TeacherData, train_solver
+from s4s.learn.api import learn_with_result
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    schedule = s4s.VPDiscrete()
+    model = s4s.GaussianMixture.random(dim=16, components=6, seed=0)
+    x = schedule.prior_noise((512, 16), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    data = TeacherData(x, None, model.ode_solution(x, schedule, schedule.t_max, schedule.t_min))
+    x_test = schedule.prior_noise((256, 16), generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+    ref_test = model.ode_solution(x_test, schedule, schedule.t_max, schedule.t_min)
+    return schedule, model.denoiser(schedule), data.split(384), (x_test, ref_test)
+
+
+def _rmse(solver, den, test):
+    x, ref = test
+    return float((solver.sample(den, x) - ref).pow(2).mean().sqrt())
+
+
+@pytest.fixture(scope="module")
+def learned(setup):
+    schedule, den, (train, val), test = setup
+    out = {}
+    for method in ("s4s", "s4s-alt"):
+        cfg = LearnConfig(nfe=4, method=method, base="dpmpp_3m", grid="quadratic", steps=150, batch_size=64, val_every=15)
+        out[method] = train_solver(den, schedule, train, val, cfg, progress=False)
+    return out
+
+
+def test_s4s_beats_its_base_and_alt_beats_s4s_on_held_out_noise(setup, learned):
+    schedule, den, _, test = setup
+    base = s4s.baseline("dpmpp_3m", schedule, 4, grid="quadratic")
+    e_base, e_s4s, e_alt = (_rmse(s, den, test) for s in (base, learned["s4s"].solver, learned["s4s-alt"].solver))
+    assert e_s4s < 0.97 * e_base, (e_base, e_s4s)
+    assert e_alt < 0.97 * e_s4s, (e_s4s, e_alt)
+
+
+def test_step_zero_is_the_base_solver(setup):
+    schedule, den, _, test = setup
+    for base, corrector in [("dpmpp_3m", False), ("unipc_bh2", True), ("dpmpp_3m", True)]:
+        grid = s4s.make_grid("logsnr", schedule, 5)
+        solver = LearnableSolver(schedule, base, grid, corrector=corrector).to_solver()
+        ref = s4s.baseline(base, schedule, 5, grid=grid, **({"corrector": corrector} if base.startswith("unipc") else {}))
+        torch.testing.assert_close(solver.sample(den, test[0]), ref.sample(den, test[0]), rtol=1e-9, atol=1e-9)
+
+
+def test_learned_solver_save_load_sample_identical(tmp_path, setup, learned):
+    _, den, _, test = setup
+    solver = learned["s4s-alt"].solver
+    again = s4s.Solver.load(solver.save(tmp_path / "alt.json"))
+    assert torch.equal(again.sample(den, test[0]), solver.sample(den, test[0]))
+    assert again.metadata["method"] == "s4s-alt" and again.metadata["nfe"] == 4
+    assert bool((again.grid[1:] < again.grid[:-1]).all())
+
+
+def test_checkpointed_and_plain_gradients_match(setup):
+    schedule, den, (train, _), _ = setup
+    grads = []
+    for ckpt in (False, True):
+        model = LearnableSolver(schedule, "unipc_bh2", s4s.make_grid("logsnr", schedule, 4), corrector=True)
+        t, s, tables = model()
+        out = s4s.integrate(lambda x, ss: den(x, ss), train.x_T[:32], s, tables, checkpoint=ckpt)
+        (out - train.x0[:32]).pow(2).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, setup):
+    schedule, den, (train, val), _ = setup
+    kw = dict(nfe=3, method="s4s-alt", base="dpmpp_3m", grid="time", batch_size=32, val_every=10, alt_round=10,
+              ball_radius=0.1)
+    full = train_solver(den, schedule, train, val, LearnConfig(steps=40, **kw), run_dir=tmp_path / "a", progress=False)
+    train_solver(den, schedule, train, val, LearnConfig(steps=20, **kw), run_dir=tmp_path / "b", progress=False)
+    resumed = train_solver(den, schedule, train, val, LearnConfig(steps=40, **kw), run_dir=tmp_path / "b",
+                           resume=True, progress=False)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    assert torch.equal(resumed.solver.tables.b, full.solver.tables.b)
+    assert torch.equal(resumed.solver.grid, full.solver.grid)
+
+
+def test_nan_stops_with_message_and_keeps_best(setup):
+    schedule, den, (train, val), _ = setup
+    calls = {"n": 0}
+
+    def flaky(x, t, cond=None, guidance=None):
+        calls["n"] += 1
+        out = den(x, t, cond, guidance)
+        return out * float("nan") if calls["n"] > 400 else out
+
+    cfg = LearnConfig(nfe=4, method="s4s", base="dpmpp_3m", grid="quadratic", steps=500, batch_size=32, val_every=5)
+    res = train_solver(flaky, schedule, train, val, cfg, progress=False)
+    assert res.stopped is not None and "non-finite" in res.stopped
+    assert math.isfinite(res.solver.metadata["val_loss"])
+    assert bool(torch.isfinite(res.solver.tables.b).all())
+
+
+def test_pc_and_joint_variants_improve_on_their_start(setup):
+    schedule, den, (train, val), _ = setup
+    for method in ("s4s-pc", "s4s-joint"):
+        cfg = LearnConfig(nfe=4, method=method, base="unipc_bh2", grid="quadratic", steps=60, batch_size=64, val_every=20)
+        res = train_solver(den, schedule, train, val, cfg, progress=False)
+        assert res.solver.metadata["val_loss"] < res.solver.metadata["base_val_loss"]
+        assert res.solver.tables.has_corrector == (method == "s4s-pc")
+
+
+def test_bad_arguments_fail_fast(setup):
+    schedule, den, (train, val), _ = setup
+    for kw, msg in [(dict(nfe=0), "nfe"), (dict(nfe=4, method="magic"), "unknown method"),
+                    (dict(nfe=4, base="rk4"), "unknown base"), (dict(nfe=4, grid="weird"), "unknown grid")]:
+        with pytest.raises(ValueError, match=msg):
+            train_solver(den, schedule, train, val, LearnConfig(**kw), progress=False)
+    with pytest.raises(ValueError, match="unknown loss"):
+        train_solver(den, schedule, train, val, LearnConfig(nfe=4, loss="ssim", base="ddim", grid="time"), progress=False)
+    with pytest.raises(ValueError, match="unknown learning option"):
+        learn_with_result(den, schedule, 4, (16,), teacher_data=TeacherData(train.x_T, None, train.x0), stepz=3)
+
+
+def test_learn_api_with_baseline_teacher_and_guidance(tmp_path, setup):
+    schedule, den, _, _ = setup
+    labels = torch.arange(96) % 6
+    res = learn_with_result(den, schedule, 3, (16,), method="s4s", teacher="dpmpp_3m:40", num_samples=96,
+                            labels=labels, guidance=2.0, steps=20, batch_size=16, val_every=10, base="dpmpp_3m",
+                            grid="quadratic", cache_dir=tmp_path / "cache", run_dir=tmp_path / "run", progress=False)
+    assert res.solver.metadata["guidance"] == 2.0 and res.solver.nfe == 3
+    assert (tmp_path / "run" / "curves.png").exists() and (tmp_path / "run" / "config.json").exists()
+    # the cache is reused for the same request...
+    cached = list((tmp_path / "cache").glob("*/batch_*.pt"))
+    assert cached
+    # ...and a corrupted/mismatched one is refused, not silently reused
+    meta = next((tmp_path / "cache").glob("*/meta.json"))
+    meta.write_text(meta.read_text().replace('"dpmpp_3m:40"', '"dpmpp_3m:41"'))
+    with pytest.raises(ValueError, match="different request"):
+        learn_with_result(den, schedule, 3, (16,), method="s4s", teacher="dpmpp_3m:40", num_samples=96, labels=labels,
+                          guidance=2.0, steps=2, batch_size=16, base="dpmpp_3m", grid="quadratic",
+                          cache_dir=tmp_path / "cache", progress=False)
