@@ -123,7 +123,8 @@ def main() -> None:
         if step % args.save_every == 0 or step == args.steps:
             ema.save_pretrained(args.out)
             (args.out / "training.json").write_text(
-                json.dumps({"objective": args.objective, "steps": step, **{k: str(v) for k, v in vars(args).items()}}, indent=1)
+                json.dumps({**{k: str(v) for k, v in vars(args).items()}, "objective": args.objective, "trained_steps": step},
+                           indent=1)
             )
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         "gen": gen.get_state(), "step": step}, state_path)

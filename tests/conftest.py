@@ -7,6 +7,9 @@ import torch
 
 import s4s
 
+# The tests use small tensors: one thread avoids oversubscription on shared 2-core machines.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def vp() -> s4s.VPDiscrete:

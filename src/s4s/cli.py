@@ -1,4 +1,4 @@
-"""The ``s4s`` command line: ``s4s demo``, ``s4s bench-baselines``."""
+"""The ``s4s`` command line: ``demo`` (the main job), ``learn``, ``eval``, ``bench``, ``bench-baselines``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ log = logging.getLogger("s4s")
 
 
 def _cmd_bench_baselines(args: argparse.Namespace) -> int:
-    from s4s.benchmarks import baseline_errors, default_testbed, gmm_schedule, markdown_report, plot_best
+    from s4s.bench.gmm import baseline_errors, default_testbed, gmm_schedule, markdown_report, plot_best
 
     rows = baseline_errors(default_testbed(), gmm_schedule(), nfes=args.nfe, num_samples=args.samples, seed=args.seed)
     title = "Hand-designed solvers on the exact Gaussian-mixture model (16-D, 6 components, DDPM linear schedule)"
@@ -29,16 +29,85 @@ def _cmd_bench_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from s4s.benchmarks import baseline_errors, best_grid_table, default_testbed, gmm_schedule
+def _cmd_learn(args: argparse.Namespace) -> int:
+    import time
 
-    rows = baseline_errors(default_testbed(), gmm_schedule(), nfes=args.nfe, num_samples=args.samples)
-    best = best_grid_table(rows)
-    print(f"RMSE to the exact ODE solution, exact Gaussian-mixture model, best grid per solver ({args.samples} samples)")
-    print(f"{'solver':<11}" + "".join(f"{'NFE ' + str(n):>22}" for n in args.nfe))
-    for solver, by_nfe in best.items():
-        print(f"{solver:<11}" + "".join(f"{by_nfe[n][0]:>12.4f} {by_nfe[n][1]:>9}" if n in by_nfe else f"{'-':>22}"
-                                         for n in args.nfe))
+    from s4s.bench.model import PRESETS, peak_memory_mb
+    from s4s.learn.api import learn_with_result
+    from s4s.models import load_model
+
+    if args.out.exists() and not (args.force or args.resume):
+        raise ValueError(f"{args.out} exists; pass --force to overwrite it (or --resume to continue its run)")
+    if args.nfe < 1:
+        raise ValueError(f"--nfe must be >= 1, got {args.nfe}")
+    t0 = time.time()
+    model = load_model(args.model)
+    options = dict(PRESETS[args.preset])
+    for key in ("teacher", "num_samples", "steps", "batch_size", "lr", "loss", "ball_radius", "base", "grid"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    feature_fn = None
+    if options.get("loss") == "feature":
+        from s4s.eval.classifier import load_mnist_classifier
+
+        if not model.is_mnist_like:
+            raise ValueError("loss 'feature' uses the bundled MNIST classifier: only for 1x28x28 models")
+        feature_fn = load_mnist_classifier().features
+    run_dir = args.run_dir or args.out.with_name(args.out.stem + "-run")
+    labels = model.labels(options["num_samples"], guided=args.guidance is not None)
+    result = learn_with_result(model.denoiser, model.schedule, args.nfe, model.sample_shape, method=args.method,
+                               labels=labels, guidance=args.guidance, seed=args.seed, run_dir=run_dir,
+                               resume=args.resume, feature_fn=feature_fn,
+                               cache_dir=None if args.no_cache else default_cache_dir() / "teacher", **options)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result.solver.save(args.out)
+    meta = result.solver.metadata
+    print(f"learned {args.method} NFE {args.nfe} from {meta['base']}/{meta['grid_init']}: validation RMSE "
+          f"{meta['base_val_loss'] ** 0.5:.4f} -> {meta['val_loss'] ** 0.5:.4f}")
+    if result.stopped:
+        print(f"stopped early: {result.stopped}")
+    print(f"wrote {args.out} and {run_dir}/ ; wall time {time.time() - t0:.0f} s, peak memory {peak_memory_mb():.0f} MB")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from s4s.bench.model import markdown_table, plot_fd, run_model_bench
+    from s4s.models import load_model
+
+    model = load_model(args.model)
+    cells = run_model_bench(model, args.nfe, args.baselines, args.grids, args.methods, args.num_samples, args.out,
+                            seed=args.seed, guidance=args.guidance, preset=args.preset,
+                            cache_dir=None if args.no_cache else default_cache_dir() / "teacher",
+                            teacher_metric=args.teacher_rmse)
+    notes = [f"Model: {model.name}. FD in MNIST classifier features (lower is better), {args.num_samples} samples "
+             f"per cell, seed {args.seed}, guidance {args.guidance}. Baselines on their best grid of "
+             f"{', '.join(args.grids)} (shown); learned solvers with preset '{args.preset}'. Bold: learned and better "
+             "than every baseline at that NFE.", "",
+             "Command: `s4s " + " ".join(sys.argv[1:]) + "`"]
+    table = markdown_table(cells, "Baselines vs learned solvers", notes)
+    (args.out / "bench.md").write_text(table)
+    plot_fd(cells, args.out / "fd_vs_nfe.png", f"{model.name}: FD vs NFE")
+    print(table)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from s4s.bench.model import markdown_table, peak_memory_mb, run_model_bench
+    from s4s.models import load_model
+
+    t0 = time.time()
+    model = load_model(None)
+    cells = run_model_bench(model, args.nfe, ["dpmpp_3m", "unipc_bh2", "ipndm", "deis"], ["time", "logsnr"],
+                            ["s4s-alt"], args.num_samples, args.out, preset="fast",
+                            cache_dir=default_cache_dir() / "teacher")
+    notes = [f"Bundled MNIST UNet, unconditional (null label). FD in MNIST classifier features, {args.num_samples} "
+             "samples per cell (a quick demo: `s4s bench` for the 10k-sample table). S4S-Alt learned with the 'fast' "
+             "preset. Sample grids side by side: " + ", ".join(str(args.out / f"samples_nfe{n}.png") for n in args.nfe)]
+    print(markdown_table(cells, "s4s demo: S4S-Alt vs hand-designed solvers", notes))
+    print(f"total time {time.time() - t0:.0f} s, peak memory {peak_memory_mb():.0f} MB")
     return 0
 
 
@@ -81,10 +150,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the main job: compare solvers on the default model")
-    p.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6])
-    p.add_argument("--samples", type=int, default=256)
+    p = sub.add_parser("demo", help="the main job: learn S4S-Alt at NFE 4 and 5 on the bundled model, compare")
+    p.add_argument("--nfe", type=int, nargs="+", default=[4, 5])
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.set_defaults(func=_cmd_demo)
+
+    from s4s.learn.trainer import METHODS
+
+    p = sub.add_parser("learn", help="learn a solver (S4S / S4S-Alt) for a model and an NFE budget")
+    p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: bundled MNIST UNet)")
+    p.add_argument("--nfe", type=int, required=True)
+    p.add_argument("--method", choices=METHODS, default="s4s-alt")
+    p.add_argument("--base", default=None, help="base solver (default auto: best of dpmpp_3m / unipc_bh2)")
+    p.add_argument("--grid", default=None, help="initial grid (default auto: best on validation)")
+    p.add_argument("--teacher", default=None, help="NAME:NFE (default from the preset)")
+    p.add_argument("--loss", default=None, choices=["l2", "l1", "pseudo_huber", "feature", "lpips"])
+    p.add_argument("--samples", dest="num_samples", type=int, default=None, help="teacher samples (25%% validation)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--ball-radius", type=float, default=None, help="relaxed objective radius r (x sigma_T); 0 = plain")
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--preset", choices=["default", "fast"], default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="solver JSON to write")
+    p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: OUT-run/ beside the solver)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the run folder from its checkpoint")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.add_argument("--no-cache", action="store_true")
+    p.set_defaults(func=_cmd_learn)
+
+    from s4s.baselines import BASELINES
+
+    p = sub.add_parser("bench", help="every baseline and learned method over NFE on a model: table, JSON, plot")
+    p.add_argument("--model", default=None)
+    p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10])
+    p.add_argument("--baselines", nargs="+", default=sorted(BASELINES))
+    p.add_argument("--grids", nargs="+", default=["time", "logsnr"])
+    p.add_argument("--methods", nargs="+", default=["s4s", "s4s-alt"])
+    p.add_argument("--num-samples", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--preset", choices=["default", "fast"], default="default")
+    p.add_argument("--teacher-rmse", action="store_true", help="also measure RMSE to the teacher (costly)")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("docs/bench_mnist"))
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("eval", help="sample a model with a solver and measure FD / distance to a teacher")
     p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: the bundled MNIST UNet)")
@@ -119,7 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         stream=sys.stderr)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         log.error("%s", err)
         return 2
 

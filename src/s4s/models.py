@@ -113,7 +113,7 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
     config = _read_json(folder / "config.json")
     sched_cfg = _scheduler_config(folder)
     schedule = schedule_from_diffusers(sched_cfg)
-    unet = _unet_class(config).from_pretrained(str(folder), torch_dtype=dtype).to(device).eval().requires_grad_(False)
+    unet = _unet_class(config).from_pretrained(str(folder), torch_dtype=dtype, low_cpu_mem_usage=False).to(device).eval().requires_grad_(False)
     n_embeds = config.get("num_class_embeds") or 0
     num_classes = max(n_embeds - 1, 0)
     prediction = sched_cfg.get("prediction_type", "epsilon")

@@ -1,0 +1,41 @@
+"""Export a trained UNet (``scripts/train_mnist_unet.py --out DIR``) as the bundled model folder.
+
+Writes ``config.json``, float16 ``diffusion_pytorch_model.safetensors`` (half the size; loaded as
+float32) and ``scheduler_config.json`` (the training schedule: DDPM linear betas for ``eps``,
+``FlowMatchEulerDiscreteScheduler`` for ``flow``), i.e. a plain diffusers model folder.
+
+Usage: ``python scripts/export_bundled_model.py /work/train/mnist-unet src/s4s/assets/mnist-unet``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    args = p.parse_args()
+    info = json.loads((args.src / "training.json").read_text())
+    unet = UNet2DModel.from_pretrained(str(args.src)).to(torch.float16)
+    args.dst.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(str(args.dst))
+    if info["objective"] == "eps":
+        sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                              prediction_type="epsilon", clip_sample=False)
+    else:
+        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    sched.save_pretrained(str(args.dst))
+    shutil.copy(args.src / "training.json", args.dst / "training.json")
+    print(f"exported step {info.get('trained_steps', info.get('steps'))} to {args.dst}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Baselines vs learned solvers on a real model: FD (and optionally teacher RMSE) per NFE.
+
+Every cell uses the same seeded noise and labels, the same number of samples and the same
+feature network. Baselines are tried on each grid in ``grids`` and reported on their best one
+(the grid is printed); learned solvers are trained once per (method, NFE) on teacher data drawn
+from seeds disjoint from the evaluation seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from s4s.baselines import baseline
+from s4s.eval.features import feature_network_for
+from s4s.eval.frechet import FeatureStats, frechet_distance
+from s4s.eval.images import save_labelled_rows
+from s4s.eval.runner import evaluate, generate, sampling_labels
+from s4s.learn.api import LEARN_SEED_OFFSET, learn_with_result
+from s4s.learn.teacher import make_teacher_data
+from s4s.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BenchCell", "PRESETS", "run_model_bench", "markdown_table", "plot_fd", "peak_memory_mb"]
+
+# Learning presets: "fast" is the one `make demo` uses on a 2-core CPU; "default" is the CLI default.
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": dict(teacher="unipc_bh2:40", num_samples=320, steps=80, batch_size=16, val_every=20, alt_round=20,
+                 warmup=5),
+    "default": dict(teacher="unipc_bh2:100", num_samples=1024, steps=400, batch_size=32, val_every=25, alt_round=50),
+}
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class BenchCell:
+    method: str
+    kind: str              # "baseline" or "learned"
+    nfe: int
+    grid: str
+    fd: Optional[float]
+    teacher_rmse: Optional[float]
+    seconds: float
+    learn_seconds: Optional[float] = None
+    solver_file: Optional[str] = None
+
+
+def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence[str], grids: Sequence[str],
+                    methods: Sequence[str], num_samples: int, out_dir: Path, seed: int = 0,
+                    guidance: Optional[float] = None, preset: str = "default", learn_options: Optional[dict] = None,
+                    cache_dir: Optional[Path] = None, teacher_metric: bool = False, progress: bool = True,
+                    image_count: int = 10) -> list[BenchCell]:
+    """Run the benchmark; writes learned solvers, run folders and sample grids under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    feature_net = feature_network_for(model.sample_shape)
+    options = {**PRESETS[preset], **(learn_options or {})}
+    teacher = options.pop("teacher")
+    num_learn = options.pop("num_samples")
+    metrics = ["fd"] + (["teacher"] if teacher_metric else [])
+    labels_learn = model.labels(num_learn, guided=guidance is not None)
+    teacher_data = None
+    if methods:
+        teacher_data = make_teacher_data(model.denoiser, model.schedule, model.sample_shape, num_learn, teacher,
+                                         seed + LEARN_SEED_OFFSET, labels_learn, guidance, 256, cache_dir,
+                                         model.fingerprint, progress=progress)
+    cells: list[BenchCell] = []
+    for nfe in nfes:
+        shown: dict[str, torch.Tensor] = {}
+        for name in baselines:
+            best: Optional[BenchCell] = None
+            for grid in grids:
+                sampler = baseline(name, model.schedule, nfe, grid=grid)
+                if sampler.nfe != nfe:
+                    continue
+                r = evaluate(model, sampler, num_samples, seed, guidance, metrics, teacher, feature_net=feature_net,
+                             cache_dir=cache_dir, progress=progress, solver_label=name)
+                cell = BenchCell(name, "baseline", nfe, grid, r["fd"], r["teacher_rmse"], r["seconds"])
+                log.info("NFE %d %s/%s: FD %.3f", nfe, name, grid, cell.fd)
+                if best is None or cell.fd < best.fd:
+                    best = cell
+            if best is not None:
+                cells.append(best)
+                shown[f"{name} ({best.grid})"] = baseline(name, model.schedule, nfe, grid=best.grid)
+        for method in methods:
+            run_dir = out_dir / f"{method}-nfe{nfe}"
+            res = learn_with_result(model.denoiser, model.schedule, nfe, model.sample_shape, method=method,
+                                    guidance=guidance, seed=seed, run_dir=run_dir, progress=progress,
+                                    teacher_data=teacher_data, **options)
+            path = res.solver.save(out_dir / f"{method}-nfe{nfe}.json")
+            r = evaluate(model, res.solver, num_samples, seed, guidance, metrics, teacher, feature_net=feature_net,
+                         cache_dir=cache_dir, progress=progress, solver_label=method)
+            cells.append(BenchCell(method, "learned", nfe, f"learned from {res.solver.metadata['base']}/"
+                                   f"{res.solver.metadata['grid_init']}", r["fd"], r["teacher_rmse"], r["seconds"],
+                                   res.seconds, str(path)))
+            log.info("NFE %d %s: FD %.3f (learned in %.0f s)", nfe, method, r["fd"], res.seconds)
+            shown[method] = res.solver
+        if shown and image_count:
+            labels = sampling_labels(model, image_count, guidance)
+            rows = [generate(model, s, image_count, seed, guidance, image_count, False, labels) for s in shown.values()]
+            save_labelled_rows(rows, list(shown), out_dir / f"samples_nfe{nfe}.png", f"NFE {nfe}, same noise")
+    (out_dir / "results.json").write_text(json.dumps([asdict(c) for c in cells], indent=1) + "\n")
+    return cells
+
+
+def real_data_floor(feature_net, images: torch.Tensor) -> float:
+    """FD of real images to the reference statistics (the noise floor of the metric)."""
+    with torch.no_grad():
+        feats = torch.cat([feature_net.features(images[i:i + 1000]) for i in range(0, len(images), 1000)])
+    return frechet_distance(FeatureStats.from_features(feats), feature_net.reference)
+
+
+def markdown_table(cells: list[BenchCell], title: str, notes: Sequence[str] = ()) -> str:
+    nfes = sorted({c.nfe for c in cells})
+    methods = list(dict.fromkeys(c.method for c in cells))
+    lines = [f"# {title}", ""] + [f"{n}" for n in notes] + ["", "| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+                                                            "|---|" + "---|" * len(nfes)]
+    by = {(c.method, c.nfe): c for c in cells}
+    best_baseline = {n: min((c.fd for c in cells if c.nfe == n and c.kind == "baseline"), default=None) for n in nfes}
+    for m in methods:
+        row = []
+        for n in nfes:
+            c = by.get((m, n))
+            if c is None:
+                row.append("–")
+                continue
+            grid = "" if c.kind == "learned" else f" ({c.grid})"
+            bold = c.kind == "learned" and best_baseline[n] is not None and c.fd < best_baseline[n]
+            val = f"{c.fd:.2f}" + (f" / {c.teacher_rmse:.3f}" if c.teacher_rmse is not None else "")
+            row.append((f"**{val}**" if bold else val) + grid)
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_fd(cells: list[BenchCell], path: Path, title: str) -> Optional[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in dict.fromkeys(c.method for c in cells):
+        pts = sorted((c.nfe, c.fd) for c in cells if c.method == m)
+        kind = next(c.kind for c in cells if c.method == m)
+        ax.plot(*zip(*pts), marker="o", lw=2.5 if kind == "learned" else 1.2, ls="-" if kind == "learned" else "--", label=m)
+    ax.set(xlabel="NFE", ylabel="FD (MNIST classifier features)", yscale="log", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,115 @@
+"""Evaluation wiring: bundled classifier/statistics, FD against torchmetrics-free references, `s4s eval`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+import s4s
+from s4s.cli import main
+from s4s.eval.classifier import load_mnist_classifier
+from s4s.eval.features import FeatureNetwork, feature_network_for
+from s4s.eval.frechet import FeatureStats, frechet_distance
+from s4s.eval.runner import evaluate
+from s4s.models import load_model
+
+
+def test_frechet_distance_matches_closed_form_for_gaussians():
+    # diagonal covariances: FD = |mu1-mu2|^2 + sum (s1 + s2 - 2 sqrt(s1 s2))
+    a = FeatureStats(torch.tensor([0.0, 1.0], dtype=torch.float64), torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64)), 100)
+    b = FeatureStats(torch.tensor([2.0, 1.0], dtype=torch.float64), torch.diag(torch.tensor([9.0, 1.0], dtype=torch.float64)), 100)
+    expected = 4.0 + (1 + 9 - 2 * 3) + (4 + 1 - 2 * 2)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_feature_stats_round_trip(tmp_path):
+    f = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    stats = FeatureStats.from_features(f)
+    stats.save(tmp_path / "s.npz")
+    again = FeatureStats.load(tmp_path / "s.npz")
+    assert torch.equal(again.mean, stats.mean) and torch.equal(again.cov, stats.cov) and again.count == 50
+    np.testing.assert_allclose(stats.cov.numpy(), np.cov(f.numpy().T), rtol=1e-12)
+
+
+def test_bundled_classifier_and_reference_are_consistent():
+    clf = load_mnist_classifier()
+    net = feature_network_for((1, 28, 28))
+    assert net.reference.dim == clf.num_features == 128 and net.reference.count == 10000
+    assert "MNIST classifier" in net.name
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    assert net.features(x).shape == (4, 128)
+
+
+def test_inception_needs_local_weights_with_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--inception-weights"):
+        feature_network_for((3, 32, 32))
+    with pytest.raises(FileNotFoundError, match="no Inception weights"):
+        feature_network_for((3, 32, 32), inception_weights=tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="no feature network fits"):
+        feature_network_for((4, 16, 16))
+
+
+def _tiny_model_folder(path, channels=1, size=28, classes=3):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 8),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+                       num_class_embeds=classes + 1 if classes else None)
+    unet.save_pretrained(path)
+    DDPMScheduler(beta_schedule="linear").save_pretrained(path)
+    return path
+
+
+def test_eval_json_has_the_documented_keys(tmp_path, capsys):
+    folder = _tiny_model_folder(tmp_path / "tiny")
+    rc = main(["eval", "--model", str(folder), "--solver", "ddim", "--nfe", "2", "--num-samples", "24", "--batch-size",
+               "12", "--metrics", "fd,teacher", "--teacher", "ddim:4", "--no-cache", "--json", "--guidance", "1.5",
+               "--save-images", str(tmp_path / "grid.png")])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("fd", "feature_space", "teacher_rmse", "solver", "nfe", "num_samples", "seed", "seconds"):
+        assert key in out
+    assert out["nfe"] == 2 and out["num_samples"] == 24 and out["fd"] > 0 and out["teacher_rmse"] > 0
+    assert out["feature_space"] == "MNIST classifier features" and 0 <= out["accuracy"] <= 1
+    assert (tmp_path / "grid.png").exists()
+
+
+def test_eval_with_a_stand_in_feature_module_for_rgb(tmp_path):
+    """The Inception code path's wiring, with a stand-in feature network (no weights here)."""
+    model = load_model(_tiny_model_folder(tmp_path / "rgb", channels=3, size=16, classes=0))
+    assert model.sample_shape == (3, 16, 16) and model.num_classes == 0
+    pool = torch.nn.AdaptiveAvgPool2d(2)
+    stand_in = FeatureNetwork("stand-in", lambda x: pool(x).flatten(1),
+                              FeatureStats(torch.zeros(12, dtype=torch.float64), torch.eye(12, dtype=torch.float64), 100))
+    sampler = s4s.baseline("dpmpp_2m", model.schedule, 3)
+    r = evaluate(model, sampler, num_samples=16, metrics=["fd"], feature_net=stand_in, batch_size=8, progress=False)
+    assert r["feature_space"] == "stand-in" and r["fd"] > 0 and r["teacher_rmse"] is None
+
+
+def test_cli_fails_fast_with_one_clear_line(tmp_path, caplog):
+    existing = tmp_path / "solver.json"
+    existing.write_text("{}")
+    assert main(["learn", "--nfe", "4", "--out", str(existing)]) == 2
+    assert "--force" in caplog.text
+    assert main(["learn", "--nfe", "0", "--out", str(tmp_path / "new.json")]) == 2
+    assert main(["eval", "--model", str(tmp_path / "nowhere"), "--nfe", "3"]) == 2
+    assert "model not found" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["learn", "--nfe", "4", "--method", "magic", "--out", str(tmp_path / "x.json")])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "s4s.solver", "format_version": 7}')
+    assert main(["eval", "--solver", str(bad)]) == 2
+    assert "format_version" in caplog.text
+
+
+def test_bundled_model_loads_with_plain_diffusers_and_s4s():
+    from s4s.models import bundled_model_path
+
+    unet = UNet2DModel.from_pretrained(str(bundled_model_path()))
+    assert unet.config.num_class_embeds == 11 and unet.config.sample_size == 28
+    model = load_model(None)
+    assert model.num_classes == 10 and model.null_label == 10 and model.denoiser.clip_range == (-1.0, 1.0)
+    assert model.fingerprint == s4s.fingerprint_module(model.module)
