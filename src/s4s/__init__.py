@@ -29,4 +29,22 @@ __all__ = [
     "Solver", "SolverFileError", "Tables", "integrate",
     "GaussianMixture",
     "learn", "LearnConfig", "TeacherData",
+    "S4SScheduler", "sample_s4s", "load_model",
 ]
+
+
+def __getattr__(name: str):
+    """Lazy exports of the parts that need optional dependencies (diffusers)."""
+    if name == "S4SScheduler":
+        from s4s.integrations.diffusers_scheduler import S4SScheduler
+
+        return S4SScheduler
+    if name == "sample_s4s":
+        from s4s.integrations.k_diffusion import sample_s4s
+
+        return sample_s4s
+    if name == "load_model":
+        from s4s.models import load_model
+
+        return load_model
+    raise AttributeError(f"module 's4s' has no attribute {name!r}")

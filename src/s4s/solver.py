@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from s4s.schedules import Schedule, schedule_from_config
 
-__all__ = ["Tables", "Solver", "SolverFileError", "integrate", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["Tables", "Solver", "SolverFileError", "integrate", "weighted_sum", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "s4s.solver"
 FORMAT_VERSION = 1
@@ -63,7 +63,7 @@ class Tables:
         return self.ac is not None
 
 
-def _combine(coef: Tensor, items: list[Tensor]) -> Tensor:
+def weighted_sum(coef: Tensor, items: list[Tensor]) -> Tensor:
     """``sum_j coef[j] * items[j]`` for tensors of any rank (only over the given items)."""
     out = coef[0] * items[0]
     for c, item in zip(coef[1:], items[1:]):
@@ -93,14 +93,14 @@ def integrate(model: ModelCall, x: Tensor, input_times: Tensor, tables: Tables, 
     if callback is not None:
         callback(0, x, ds[0])
     for i in range(n):
-        x_pred = _combine(a[i, : i + 1], xs) + _combine(b[i, : i + 1], ds)
+        x_pred = weighted_sum(a[i, : i + 1], xs) + weighted_sum(b[i, : i + 1], ds)
         if i == n - 1:
             return x_pred
         ds.append(call(x_pred, input_times[i + 1]))
         if callback is not None:
             callback(i + 1, x_pred, ds[-1])
         if ac is not None:
-            x_pred = _combine(ac[i, : i + 1], xs) + _combine(bc[i, : i + 2], ds)
+            x_pred = weighted_sum(ac[i, : i + 1], xs) + weighted_sum(bc[i, : i + 2], ds)
         xs.append(x_pred)
     raise AssertionError("unreachable")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import torch
 from torch import Tensor
 
 from s4s.schedules import Schedule

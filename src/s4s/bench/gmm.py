@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from s4s.baselines import BASELINES, HEUN, baseline
 from s4s.grids import GRIDS
+from s4s.plotting import line_plot
 from s4s.schedules import Schedule, VPDiscrete
 from s4s.testbed import GaussianMixture
 
@@ -90,26 +91,9 @@ def markdown_report(rows: list[BaselineError], title: str, command: str) -> str:
 
 
 def plot_best(rows: list[BaselineError], path: Path, title: str) -> Optional[Path]:
-    """RMSE vs NFE (best grid per solver), log scale. Needs matplotlib (the ``eval`` extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - optional dependency
-        log.warning("matplotlib not installed: no plot written (pip install 's4s[eval]')")
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for solver, by_nfe in best_grid_table(rows).items():
-        nfes = sorted(by_nfe)
-        ax.plot(nfes, [by_nfe[n][0] for n in nfes], marker="o", label=solver)
-    ax.set(xlabel="NFE", ylabel="RMSE to exact solution (best grid)", yscale="log", title=title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    """RMSE vs NFE (best grid per solver), log scale."""
+    series = {solver: sorted((n, v[0]) for n, v in by_nfe.items()) for solver, by_nfe in best_grid_table(rows).items()}
+    return line_plot(series, path, "NFE", "RMSE to exact solution (best grid)", title)
 
 
 def gmm_schedule() -> VPDiscrete:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -26,6 +25,7 @@ from s4s.eval.runner import evaluate, generate, sampling_labels
 from s4s.learn.api import LEARN_SEED_OFFSET, learn_with_result
 from s4s.learn.teacher import make_teacher_data
 from s4s.models import LoadedModel
+from s4s.plotting import line_plot
 
 log = logging.getLogger(__name__)
 
@@ -144,22 +144,8 @@ def markdown_table(cells: list[BenchCell], title: str, notes: Sequence[str] = ()
 
 
 def plot_fd(cells: list[BenchCell], path: Path, title: str) -> Optional[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in dict.fromkeys(c.method for c in cells):
-        pts = sorted((c.nfe, c.fd) for c in cells if c.method == m)
-        kind = next(c.kind for c in cells if c.method == m)
-        ax.plot(*zip(*pts), marker="o", lw=2.5 if kind == "learned" else 1.2, ls="-" if kind == "learned" else "--", label=m)
-    ax.set(xlabel="NFE", ylabel="FD (MNIST classifier features)", yscale="log", title=title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    """FD vs NFE per solver (learned ones drawn bold), log scale."""
+    series = {m: sorted((c.nfe, c.fd) for c in cells if c.method == m) for m in dict.fromkeys(c.method for c in cells)}
+    learned = {c.method for c in cells if c.kind == "learned"}
+    styles = {m: ({"lw": 2.5} if m in learned else {"lw": 1.2, "ls": "--"}) for m in series}
+    return line_plot(series, path, "NFE", "FD (MNIST classifier features)", title, styles=styles)

@@ -7,7 +7,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
 from torch import Tensor
 
 from s4s.learn.teacher import DEFAULT_TEACHER, TeacherData, make_teacher_data

@@ -41,6 +41,7 @@ from s4s.grids import GRIDS, make_grid
 from s4s.learn.objectives import make_distance
 from s4s.learn.parametrization import LearnableSolver
 from s4s.learn.teacher import TeacherData
+from s4s.plotting import line_plot
 from s4s.schedules import Schedule
 from s4s.solver import Solver, integrate
 
@@ -273,22 +274,6 @@ def save_run(result: LearnResult, config: LearnConfig, run_dir: Path) -> None:
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1) + "\n")
     (run_dir / "history.json").write_text(json.dumps({"history": result.history, "base_losses": result.base_losses,
                                                       "stopped": result.stopped, "seconds": result.seconds}, indent=1) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    tr = [(h["step"], h["train_loss"]) for h in result.history if h["train_loss"] is not None]
-    va = [(h["step"], h["val_loss"]) for h in result.history]
-    if tr:
-        ax.plot(*zip(*tr), label=f"train ({config.loss})")
-    ax.plot(*zip(*va), marker="o", label="validation (MSE)")
-    ax.set(xlabel="step", ylabel="loss", yscale="log", title=f"{config.method}, NFE {config.nfe}")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "curves.png", dpi=110)
-    plt.close(fig)
+    train_points = [(h["step"], h["train_loss"]) for h in result.history if h["train_loss"] is not None]
+    line_plot({f"train ({config.loss})": train_points, "validation (MSE)": [(h["step"], h["val_loss"]) for h in result.history]},
+              run_dir / "curves.png", "step", "loss", f"{config.method}, NFE {config.nfe}")

@@ -1,0 +1,1 @@
+"""Thin integrations: a diffusers scheduler and a k-diffusion-style sampling function."""
