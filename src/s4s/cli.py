@@ -63,8 +63,9 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.solver.save(args.out)
     meta = result.solver.metadata
-    print(f"learned {args.method} NFE {args.nfe} from {meta['base']}/{meta['grid_init']}: validation RMSE "
-          f"{meta['base_val_loss'] ** 0.5:.4f} -> {meta['val_loss'] ** 0.5:.4f}")
+    print(f"learned {args.method} NFE {args.nfe} from {meta['base']}/{meta['grid_init']}: validation RMSE to the "
+          f"teacher {meta['base_val_rmse']:.4f} -> {meta['val_rmse']:.4f} ({meta['loss']}: {meta['base_val_loss']:.4g} "
+          f"-> {meta['val_loss']:.4g})")
     if result.stopped:
         print(f"stopped early: {result.stopped}")
     print(f"wrote {args.out} and {run_dir}/ ; wall time {time.time() - t0:.0f} s, peak memory {peak_memory_mb():.0f} MB")
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.set_defaults(func=_cmd_demo)
 
+    from s4s.learn.objectives import LOSSES
     from s4s.learn.trainer import METHODS
 
     p = sub.add_parser("learn", help="learn a solver (S4S / S4S-Alt) for a model and an NFE budget")
@@ -165,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, help="base solver (default auto: best of dpmpp_3m / unipc_bh2)")
     p.add_argument("--grid", default=None, help="initial grid (default auto: best on validation)")
     p.add_argument("--teacher", default=None, help="NAME:NFE (default from the preset)")
-    p.add_argument("--loss", default=None, choices=["l2", "l1", "pseudo_huber", "feature", "lpips"])
+    p.add_argument("--loss", default=None, choices=list(LOSSES))
     p.add_argument("--samples", dest="num_samples", type=int, default=None, help="teacher samples (25%% validation)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)

@@ -15,7 +15,8 @@ Methods:
 * ``s4s-joint`` - coefficients, grid and input times together (to compare with alternating).
 
 Adam with linear warm-up, mini-batches, validation every ``val_every`` steps on held-out noise
-with the plain objective; the best-on-validation solver is returned, and step 0 is the base
+with the plain objective (``r = 0``, same distance; the RMSE is recorded too); the best-on-validation
+solver is returned, and step 0 is the base
 solver, so the result is never worse than the base on validation. A checkpoint at every
 validation lets an interrupted run resume to the same result. NaN/inf stops the run with a
 clear message and keeps the best solver so far.
@@ -108,14 +109,16 @@ class LearnResult:
 
 
 def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], distance, data: TeacherData,
-                  batch_size: int) -> float:
-    total, n = 0.0, len(data)
+                  batch_size: int, also_mse: bool = False):
+    """Mean ``distance`` over ``data`` (and the mean squared error too with ``also_mse``)."""
+    total, mse, n = 0.0, 0.0, len(data)
     with torch.no_grad():
         for i in range(0, n, batch_size):
             cond = None if data.cond is None else data.cond[i:i + batch_size]
             out = solver_fn(data.x_T[i:i + batch_size], cond)
             total += float(distance(out, data.x0[i:i + batch_size]).sum())
-    return total / n
+            mse += float((out - data.x0[i:i + batch_size]).pow(2).reshape(out.shape[0], -1).mean(1).sum())
+    return (total / n, mse / n) if also_mse else total / n
 
 
 def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: TeacherData, distance) -> tuple[str, str, dict[str, float]]:
@@ -148,7 +151,6 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
     config.validate()
     t_start = time.time()
     distance = make_distance(config.loss, feature_fn)
-    plain = make_distance("l2")
     ckpt_path = None if run_dir is None else Path(run_dir) / "checkpoint.pt"
     state = torch.load(ckpt_path, weights_only=False) if resume and ckpt_path is not None and ckpt_path.exists() else None
     if resume and state is None:
@@ -173,9 +175,11 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
         t, s, tables = model()
         return integrate(lambda xx, ss: denoiser(xx, ss, cond, config.guidance), x, s, tables, checkpoint=use_ckpt)
 
-    def validate_now() -> float:
+    def validate_now() -> tuple[float, float]:
+        """(validation objective, validation MSE) of the current solver on held-out noise."""
         solver = model.to_solver()
-        return _batched_loss(lambda x, c: solver.sample(denoiser, x, c, config.guidance), plain, val, 4 * config.batch_size)
+        return _batched_loss(lambda x, c: solver.sample(denoiser, x, c, config.guidance), distance, val,
+                             4 * config.batch_size, also_mse=True)
 
     step, history = 0, []
     best_val, best_state = math.inf, None
@@ -191,9 +195,11 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
         coef_steps, grid_steps = state["coef_steps"], state["grid_steps"]
         log.info("resumed at step %d (best validation %.5g)", step, best_val)
     else:
-        best_val, best_state = validate_now(), copy.deepcopy(model.state_dict())
-        history.append({"step": 0, "train_loss": None, "val_loss": best_val, "phase": "base"})
-        log.info("step 0 (base %s on %s grid): validation RMSE %.5f", base, grid, math.sqrt(best_val))
+        best_val, val_mse = validate_now()
+        best_state = copy.deepcopy(model.state_dict())
+        history.append({"step": 0, "train_loss": None, "val_loss": best_val, "val_mse": val_mse, "phase": "base"})
+        log.info("step 0 (base %s on %s grid): validation %s %.5g, RMSE %.5f", base, grid, config.loss, best_val,
+                 math.sqrt(val_mse))
 
     stopped = None
     running, count = 0.0, 0
@@ -242,16 +248,17 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
         step += 1
         bar.update(1)
         if step % config.val_every == 0 or step == config.steps:
-            val_loss = validate_now()
+            val_loss, val_mse = validate_now()
             if not math.isfinite(val_loss):
                 stopped = f"non-finite validation loss at step {step}; kept the best solver (validation {best_val:.5g})"
                 log.error("%s", stopped)
                 break
-            history.append({"step": step, "train_loss": running / max(count, 1), "val_loss": val_loss, "phase": phase})
+            history.append({"step": step, "train_loss": running / max(count, 1), "val_loss": val_loss, "val_mse": val_mse,
+                            "phase": phase})
             running, count = 0.0, 0
             if val_loss < best_val:
                 best_val, best_state = val_loss, copy.deepcopy(model.state_dict())
-            bar.set_postfix(val_rmse=f"{math.sqrt(val_loss):.4f}", best=f"{math.sqrt(best_val):.4f}")
+            bar.set_postfix(val=f"{val_loss:.4g}", best=f"{best_val:.4g}", val_rmse=f"{math.sqrt(val_mse):.4f}")
             if ckpt_path is not None:
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save({"model": model.state_dict(), "coef_opt": coef_opt.state_dict(),
@@ -263,7 +270,9 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
                 ckpt_path.with_suffix(".tmp").rename(ckpt_path)
     bar.close()
     model.load_state_dict(best_state)
-    meta.update({"val_loss": best_val, "base_val_loss": history[0]["val_loss"], "steps": step})
+    best_mse = next(h["val_mse"] for h in history if h["val_loss"] == best_val)
+    meta.update({"val_loss": best_val, "base_val_loss": history[0]["val_loss"], "val_rmse": math.sqrt(best_mse),
+                 "base_val_rmse": math.sqrt(history[0]["val_mse"]), "steps": step})
     solver = model.to_solver(meta)
     return LearnResult(solver, history, base_losses, stopped, time.time() - t_start)
 
@@ -275,5 +284,6 @@ def save_run(result: LearnResult, config: LearnConfig, run_dir: Path) -> None:
     (run_dir / "history.json").write_text(json.dumps({"history": result.history, "base_losses": result.base_losses,
                                                       "stopped": result.stopped, "seconds": result.seconds}, indent=1) + "\n")
     train_points = [(h["step"], h["train_loss"]) for h in result.history if h["train_loss"] is not None]
-    line_plot({f"train ({config.loss})": train_points, "validation (MSE)": [(h["step"], h["val_loss"]) for h in result.history]},
+    line_plot({f"train ({config.loss})": train_points,
+               f"validation ({config.loss})": [(h["step"], h["val_loss"]) for h in result.history]},
               run_dir / "curves.png", "step", "loss", f"{config.method}, NFE {config.nfe}")
