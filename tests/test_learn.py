@@ -144,3 +144,16 @@ def test_learn_api_with_baseline_teacher_and_guidance(tmp_path, setup):
         learn_with_result(den, schedule, 3, (16,), method="s4s", teacher="dpmpp_3m:40", num_samples=96, labels=labels,
                           guidance=2.0, steps=2, batch_size=16, base="dpmpp_3m", grid="quadratic",
                           cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_learning_on_the_rectified_flow_schedule():
+    """The whole pipeline on a flow-velocity model (alpha = 1 - t, sigma = t)."""
+    flow = s4s.Flow(t_min=1e-3, t_max=0.995)
+    model = s4s.GaussianMixture.random(dim=16, components=6, seed=1)
+    den = s4s.Denoiser.from_flow(model.raw_model(flow, "flow"), flow)
+    x = flow.prior_noise((320, 16), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    train, val = TeacherData(x, None, model.ode_solution(x, flow, flow.t_max, flow.t_min)).split(240)
+    cfg = LearnConfig(nfe=4, method="s4s-alt", base="dpmpp_3m", grid="time", steps=60, batch_size=32, val_every=20,
+                      alt_round=10)
+    res = train_solver(den, flow, train, val, cfg, progress=False)
+    assert res.solver.metadata["val_rmse"] < 0.8 * res.solver.metadata["base_val_rmse"]

@@ -51,14 +51,17 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     if options.get("loss") == "feature":
         from s4s.eval.classifier import load_mnist_classifier
 
-        if not model.is_mnist_like:
-            raise ValueError("loss 'feature' uses the bundled MNIST classifier: only for 1x28x28 models")
+        if not model.is_mnist_like or model.is_latent:
+            raise ValueError("loss 'feature' uses the bundled MNIST classifier: only for 1x28x28 pixel-space models")
         feature_fn = load_mnist_classifier().features
+    if args.decode_loss and not model.is_latent:
+        raise ValueError("--decode-loss needs a latent pipeline (a folder with a vae/ or vqvae/ component)")
     run_dir = args.run_dir or args.out.with_name(args.out.stem + "-run")
     labels = model.labels(options["num_samples"], guided=args.guidance is not None)
     result = learn_with_result(model.denoiser, model.schedule, args.nfe, model.sample_shape, method=args.method,
                                labels=labels, guidance=args.guidance, seed=args.seed, run_dir=run_dir,
                                resume=args.resume, feature_fn=feature_fn,
+                               decode=model.decode if args.decode_loss else None,
                                cache_dir=None if args.no_cache else default_cache_dir() / "teacher", **options)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.solver.save(args.out)
@@ -93,6 +96,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_BASELINES = ["ddim", "dpmpp_3m", "unipc_bh2", "ipndm", "deis"]
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -101,12 +107,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     model = load_model(None)
-    cells = run_model_bench(model, args.nfe, ["dpmpp_3m", "unipc_bh2", "ipndm", "deis"], ["time", "logsnr"],
-                            ["s4s-alt"], args.num_samples, args.out, preset="fast",
-                            cache_dir=default_cache_dir() / "teacher")
+    cells = run_model_bench(model, args.nfe, DEMO_BASELINES, ["time"], ["s4s-alt"], args.num_samples, args.out,
+                            preset="fast", cache_dir=default_cache_dir() / "teacher")
     notes = [f"Bundled MNIST UNet, unconditional (null label). FD in MNIST classifier features, {args.num_samples} "
-             "samples per cell (a quick demo: `s4s bench` for the 10k-sample table). S4S-Alt learned with the 'fast' "
-             "preset. Sample grids side by side: " + ", ".join(str(args.out / f"samples_nfe{n}.png") for n in args.nfe)]
+             "samples per cell (a quick demo: `s4s bench` for the 10k-sample table); baselines on the time-uniform grid "
+             "(the best grid for this model's validation loss). S4S-Alt learned with the 'fast' preset. Sample grids "
+             "side by side: " + ", ".join(str(args.out / f"samples_nfe{n}.png") for n in args.nfe)]
     print(markdown_table(cells, "s4s demo: S4S-Alt vs hand-designed solvers", notes))
     print(f"total time {time.time() - t0:.0f} s, peak memory {peak_memory_mb():.0f} MB")
     return 0
@@ -174,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--ball-radius", type=float, default=None, help="relaxed objective radius r (x sigma_T); 0 = plain")
     p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--decode-loss", action="store_true", help="latent pipelines: decode before the loss (default: latent loss)")
     p.add_argument("--preset", choices=["default", "fast"], default="default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="solver JSON to write")

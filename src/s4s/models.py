@@ -5,7 +5,10 @@
 * ``None`` - the bundled class-conditional MNIST UNet (``s4s/assets/mnist-unet``);
 * a diffusers model folder (``config.json`` + weights of a ``UNet2DModel`` /
   ``UNet2DConditionModel``) with its ``scheduler_config.json`` beside it, or
-* a diffusers pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``).
+* a diffusers pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``), optionally
+  latent (LDM / Stable Diffusion layout: a ``vae/`` (AutoencoderKL) or ``vqvae/`` (VQModel)
+  component): sampling and learning then run in latent space, and ``decode`` maps latents to images
+  (``decoder(latents / scaling_factor)``, as the pipelines do).
 
 It returns a :class:`LoadedModel`: the denoiser, its schedule and what sampling needs to know.
 Class-conditional UNets (``num_class_embeds = K + 1``) use the last class ``K`` as the null label
@@ -18,7 +21,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -49,6 +52,11 @@ class LoadedModel:
     name: str = "model"
     path: Optional[Path] = None
     module: Optional[torch.nn.Module] = field(default=None, repr=False)
+    decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = field(default=None, repr=False)
+
+    @property
+    def is_latent(self) -> bool:
+        return self.decode is not None
 
     @property
     def null_label(self) -> Optional[int]:
@@ -103,10 +111,13 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
     folder = bundled_model_path() if bundled else Path(path)
     if not folder.exists():
         raise FileNotFoundError(f"model not found: {folder}")
+    decode = None
     if (folder / "model_index.json").is_file():
         index = _read_json(folder / "model_index.json")
-        if "unet" not in index and "transformer" not in index:
-            raise ValueError(f"{folder}: pipeline has no 'unet' component (latent/transformer pipelines: see s4s.pipelines)")
+        if "unet" not in index:
+            raise ValueError(f"{folder}: pipeline has no 'unet' component (transformer pipelines: use the Python API, "
+                             "Denoiser.from_diffusers / from_flow with your module)")
+        decode = _load_decoder(folder, index, device, dtype)
         folder = folder / "unet"
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder}: not a diffusers model folder (no config.json)")
@@ -114,6 +125,9 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
     sched_cfg = _scheduler_config(folder)
     schedule = schedule_from_diffusers(sched_cfg)
     unet = _unet_class(config).from_pretrained(str(folder), torch_dtype=dtype, low_cpu_mem_usage=False).to(device).eval().requires_grad_(False)
+    if config.get("cross_attention_dim") is not None and "Condition" in str(config.get("_class_name")):
+        raise ValueError(f"{folder}: text-conditioned UNets need prompt embeddings; use the Python API: "
+                         "Denoiser.from_diffusers(unet, schedule) with cond={'encoder_hidden_states': emb}")
     n_embeds = config.get("num_class_embeds") or 0
     num_classes = max(n_embeds - 1, 0)
     prediction = sched_cfg.get("prediction_type", "epsilon")
@@ -123,8 +137,28 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
     hw = tuple(sample_size) if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
     denoiser = Denoiser.from_diffusers(unet, schedule, prediction_type=prediction,
                                        null_cond=num_classes if num_classes else None)
-    if clip_denoised if clip_denoised is not None else bundled:
+    if clip_denoised if clip_denoised is not None else bundled and decode is None:
         denoiser.clip_range = (-1.0, 1.0)
     name = "bundled MNIST UNet" if bundled else folder.name
     log.info("loaded %s (%s, %s, %d classes)", name, type(unet).__name__, schedule.kind, num_classes)
-    return LoadedModel(denoiser, schedule, (config.get("in_channels", 3),) + hw, num_classes, name, folder, unet)
+    return LoadedModel(denoiser, schedule, (config.get("in_channels", 3),) + hw, num_classes, name, folder, unet, decode)
+
+
+def _load_decoder(folder: Path, index: dict[str, Any], device: torch.device | str,
+                  dtype: torch.dtype) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """The pipeline's latent decoder (``vae`` or ``vqvae`` component), or None for pixel pipelines."""
+    import diffusers
+
+    for name in ("vae", "vqvae"):
+        if name in index and (folder / name / "config.json").is_file():
+            cfg = _read_json(folder / name / "config.json")
+            cls = getattr(diffusers, cfg.get("_class_name", "AutoencoderKL"))
+            vae = cls.from_pretrained(str(folder / name), torch_dtype=dtype, low_cpu_mem_usage=False)
+            vae = vae.to(device).eval().requires_grad_(False)
+            scale = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+
+            def decode(latents: torch.Tensor) -> torch.Tensor:
+                return vae.decode(latents.to(dtype) / scale).sample.to(latents.dtype)
+
+            return decode
+    return None

@@ -33,7 +33,7 @@ __all__ = ["BenchCell", "PRESETS", "run_model_bench", "markdown_table", "plot_fd
 
 # Learning presets: "fast" is the one `make demo` uses on a 2-core CPU; "default" is the CLI default.
 PRESETS: dict[str, dict[str, Any]] = {
-    "fast": dict(teacher="unipc_bh2:40", num_samples=320, steps=80, batch_size=16, val_every=20, alt_round=20,
+    "fast": dict(teacher="unipc_bh2:40", num_samples=320, steps=80, batch_size=16, val_every=20, alt_round=10,
                  warmup=5),
     "default": dict(teacher="unipc_bh2:100", num_samples=1024, steps=400, batch_size=32, val_every=25, alt_round=50),
 }

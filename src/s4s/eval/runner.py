@@ -4,6 +4,9 @@ Metrics (each ``None`` in the result when not asked for):
 
 * ``fd`` - Fréchet distance of the samples' features to the real-data reference
   (``feature_space`` names the features; FID only with Inception);
+For latent models the samples are decoded by the pipeline's VAE before features and images;
+the teacher RMSE stays in latent space.
+
 * ``teacher_rmse`` - RMSE to a many-step teacher's samples from the *same* noise, and
   ``teacher_feature_l2`` - mean L2 distance between their features (a perceptual distance);
 * ``accuracy`` - how often the bundled classifier recognises the requested class (guided
@@ -73,6 +76,14 @@ def generate(model: LoadedModel, sampler: Sampler, num_samples: int, seed: int =
     return torch.cat(outs)
 
 
+def _decode(model: LoadedModel, samples: Tensor, batch_size: int = 100) -> Tensor:
+    """Images from samples: the pipeline's decoder for latent models, identity otherwise."""
+    if model.decode is None:
+        return samples
+    with torch.no_grad():
+        return torch.cat([model.decode(samples[i:i + batch_size]).float().cpu() for i in range(0, len(samples), batch_size)])
+
+
 def _features(net: FeatureNetwork, images: Tensor, batch_size: int = 1000) -> Tensor:
     with torch.no_grad():
         return torch.cat([net.features(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])
@@ -89,8 +100,10 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
     if guidance is not None and not model.num_classes:
         raise ValueError("--guidance needs a class-conditional model")
     t0 = time.time()
-    if feature_net is None and ("fd" in metrics or model.is_mnist_like):
-        feature_net = feature_network_for(model.sample_shape)
+    image_shape = model.sample_shape if not model.is_latent else tuple(_decode(model, sample_noise(
+        model.schedule, 1, model.sample_shape, 0)).shape[1:])
+    if feature_net is None and ("fd" in metrics or tuple(image_shape) == (1, 28, 28)):
+        feature_net = feature_network_for(image_shape)
     need_features = feature_net is not None
     labels = sampling_labels(model, num_samples, guidance)
     samples = generate(model, sampler, num_samples, seed, guidance, batch_size, progress, labels)
@@ -101,13 +114,14 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         "fd": None, "feature_space": None, "teacher_rmse": None, "teacher_feature_l2": None, "teacher": None,
         "accuracy": None,
     }
-    feats = _features(feature_net, samples) if feature_net is not None and need_features else None
+    images = _decode(model, samples)
+    feats = _features(feature_net, images) if feature_net is not None and need_features else None
     if "fd" in metrics:
         result["fd"] = frechet_distance(FeatureStats.from_features(feats), feature_net.reference)
         result["feature_space"] = feature_net.name
     if feature_net is not None and feature_net.classifier is not None and guidance is not None and labels is not None:
         with torch.no_grad():
-            pred = torch.cat([feature_net.classifier(samples[i:i + 1000]).argmax(1) for i in range(0, num_samples, 1000)])
+            pred = torch.cat([feature_net.classifier(images[i:i + 1000]).argmax(1) for i in range(0, num_samples, 1000)])
         result["accuracy"] = float((pred == labels).float().mean())
     if "teacher" in metrics:
         data = make_teacher_data(model.denoiser, model.schedule, model.sample_shape, num_samples, teacher, seed,
@@ -115,9 +129,9 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         result["teacher"] = teacher
         result["teacher_rmse"] = float((samples - data.x0).pow(2).mean().sqrt())
         if feats is not None:
-            result["teacher_feature_l2"] = float((feats - _features(feature_net, data.x0)).norm(dim=1).mean())
+            result["teacher_feature_l2"] = float((feats - _features(feature_net, _decode(model, data.x0))).norm(dim=1).mean())
     if save_images is not None:
-        save_image_grid(samples[:100], save_images, nrow=10)
+        save_image_grid(images[:100], save_images, nrow=10)
         result["images"] = str(save_images)
     result["sample_seconds"] = sample_seconds
     result["seconds"] = time.time() - t0

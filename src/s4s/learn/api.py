@@ -27,8 +27,12 @@ def learn_with_result(denoiser: Callable[..., Tensor], schedule: Schedule, nfe: 
                       seed: int = 0, cache_dir: Optional[Path] = None, run_dir: Optional[Path] = None,
                       resume: bool = False, progress: bool = True, feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
                       teacher_data: Optional[TeacherData] = None, teacher_batch_size: int = 256,
-                      **options: Any) -> LearnResult:
-    """Like :func:`learn` but returns the :class:`LearnResult` (history, base losses, timing)."""
+                      decode: Optional[Callable[[Tensor], Tensor]] = None, **options: Any) -> LearnResult:
+    """Like :func:`learn` but returns the :class:`LearnResult` (history, base losses, timing).
+
+    ``decode`` (a latent pipeline's decoder) makes the loss compare decoded images; by default a
+    latent model learns with a latent-space loss.
+    """
     known = {f.name for f in fields(LearnConfig)} - {"nfe", "method", "guidance", "seed"}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -45,7 +49,9 @@ def learn_with_result(denoiser: Callable[..., Tensor], schedule: Schedule, nfe: 
     train, val = teacher_data.split(len(teacher_data) - n_val)
     meta = {"teacher": teacher_data.meta.get("teacher", teacher), "num_samples": len(teacher_data),
             "model_fingerprint": getattr(denoiser, "fingerprint", None)}
-    result = train_solver(denoiser, schedule, train, val, config, run_dir, resume, progress, feature_fn, meta)
+    if decode is not None:
+        meta["loss_space"] = "decoded"
+    result = train_solver(denoiser, schedule, train, val, config, run_dir, resume, progress, feature_fn, meta, decode)
     if run_dir is not None:
         save_run(result, config, Path(run_dir))
     return result

@@ -146,11 +146,19 @@ def _lr_factor(step: int, warmup: int) -> float:
 def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherData, config: LearnConfig,
                  run_dir: Optional[Path] = None, resume: bool = False, progress: bool = True,
                  feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
-                 metadata: Optional[dict[str, Any]] = None) -> LearnResult:
-    """Learn a solver (see module doc). ``run_dir`` holds ``checkpoint.pt`` for ``resume``."""
+                 metadata: Optional[dict[str, Any]] = None,
+                 transform: Optional[Callable[[Tensor], Tensor]] = None) -> LearnResult:
+    """Learn a solver (see module doc). ``run_dir`` holds ``checkpoint.pt`` for ``resume``.
+
+    ``transform`` is applied to student and teacher outputs before the distance (e.g. a latent
+    pipeline's VAE decoder, to measure the loss in pixel space).
+    """
     config.validate()
     t_start = time.time()
     distance = make_distance(config.loss, feature_fn)
+    if transform is not None:
+        inner_distance = distance
+        distance = lambda x, y: inner_distance(transform(x), transform(y))  # noqa: E731
     ckpt_path = None if run_dir is None else Path(run_dir) / "checkpoint.pt"
     state = torch.load(ckpt_path, weights_only=False) if resume and ckpt_path is not None and ckpt_path.exists() else None
     if resume and state is None:
