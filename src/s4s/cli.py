@@ -133,7 +133,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     sampler = resolve_sampler(args.solver, model, args.nfe, args.grid)
     feature_net = None
     if "fd" in metrics:
-        feature_net = feature_network_for(model.sample_shape, args.inception_weights, args.reference_stats)
+        feature_net = feature_network_for(model.image_shape, args.inception_weights, args.reference_stats)
     result = evaluate(model, sampler, num_samples=args.num_samples, seed=args.seed, guidance=args.guidance,
                       metrics=metrics, teacher=args.teacher, batch_size=args.batch_size, feature_net=feature_net,
                       cache_dir=None if args.no_cache else default_cache_dir() / "teacher",

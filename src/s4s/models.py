@@ -53,6 +53,11 @@ class LoadedModel:
     path: Optional[Path] = None
     module: Optional[torch.nn.Module] = field(default=None, repr=False)
     decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = field(default=None, repr=False)
+    image_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.image_shape:
+            self.image_shape = tuple(self.sample_shape)
 
     @property
     def is_latent(self) -> bool:
@@ -76,7 +81,8 @@ class LoadedModel:
 
     @property
     def is_mnist_like(self) -> bool:
-        return tuple(self.sample_shape) == (1, 28, 28)
+        """Decoded samples are 1x28x28 images (the bundled classifier's input)."""
+        return tuple(self.image_shape) == (1, 28, 28)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -141,7 +147,12 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
         denoiser.clip_range = (-1.0, 1.0)
     name = "bundled MNIST UNet" if bundled else folder.name
     log.info("loaded %s (%s, %s, %d classes)", name, type(unet).__name__, schedule.kind, num_classes)
-    return LoadedModel(denoiser, schedule, (config.get("in_channels", 3),) + hw, num_classes, name, folder, unet, decode)
+    shape = (config.get("in_channels", 3),) + hw
+    image_shape = shape
+    if decode is not None:
+        with torch.no_grad():
+            image_shape = tuple(decode(torch.zeros((1,) + shape, device=device, dtype=dtype)).shape[1:])
+    return LoadedModel(denoiser, schedule, shape, num_classes, name, folder, unet, decode, image_shape)
 
 
 def _load_decoder(folder: Path, index: dict[str, Any], device: torch.device | str,

@@ -64,7 +64,7 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
                     image_count: int = 10) -> list[BenchCell]:
     """Run the benchmark; writes learned solvers, run folders and sample grids under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    feature_net = feature_network_for(model.sample_shape)
+    feature_net = feature_network_for(model.image_shape)
     options = {**PRESETS[preset], **(learn_options or {})}
     teacher = options.pop("teacher")
     num_learn = options.pop("num_samples")

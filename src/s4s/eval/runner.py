@@ -100,11 +100,8 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
     if guidance is not None and not model.num_classes:
         raise ValueError("--guidance needs a class-conditional model")
     t0 = time.time()
-    image_shape = model.sample_shape if not model.is_latent else tuple(_decode(model, sample_noise(
-        model.schedule, 1, model.sample_shape, 0)).shape[1:])
-    if feature_net is None and ("fd" in metrics or tuple(image_shape) == (1, 28, 28)):
-        feature_net = feature_network_for(image_shape)
-    need_features = feature_net is not None
+    if feature_net is None and ("fd" in metrics or model.is_mnist_like):
+        feature_net = feature_network_for(model.image_shape)
     labels = sampling_labels(model, num_samples, guidance)
     samples = generate(model, sampler, num_samples, seed, guidance, batch_size, progress, labels)
     sample_seconds = time.time() - t0
@@ -115,7 +112,7 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         "accuracy": None,
     }
     images = _decode(model, samples)
-    feats = _features(feature_net, images) if feature_net is not None and need_features else None
+    feats = _features(feature_net, images) if feature_net is not None else None
     if "fd" in metrics:
         result["fd"] = frechet_distance(FeatureStats.from_features(feats), feature_net.reference)
         result["feature_space"] = feature_net.name
