@@ -75,6 +75,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start model and EMA from these diffusers weights (e.g. the bundled model) to train on")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -87,6 +89,9 @@ def main() -> None:
     alphas_cumprod = torch.cumprod(1 - betas, 0).float()
 
     model = make_unet()
+    if args.init_from is not None:
+        model.load_state_dict(UNet2DModel.from_pretrained(str(args.init_from), low_cpu_mem_usage=False).float().state_dict())
+        log.info("initialised from %s", args.init_from)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     state_path = args.out.with_name(args.out.name + "-train-state.pt")
