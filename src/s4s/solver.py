@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from s4s.grids import validate_grid
 from s4s.schedules import Schedule, schedule_from_config
 
 __all__ = ["Tables", "Solver", "SolverFileError", "integrate", "weighted_sum", "FORMAT", "FORMAT_VERSION"]
@@ -140,22 +141,17 @@ class Solver:
     def validate(self) -> None:
         """Shapes, monotone grid, finite values, triangular tables; raises :class:`SolverFileError`."""
         n = self.tables.nfe
-        g = self.grid.detach()
-        if g.ndim != 1 or g.numel() != n + 1:
-            raise SolverFileError(f"grid has {g.numel()} points; a {n}-call solver needs {n + 1}")
-        if not bool(torch.isfinite(g).all()):
-            raise SolverFileError("grid contains NaN or inf")
-        if not bool((g[1:] < g[:-1]).all()):
-            raise SolverFileError(f"grid must be strictly decreasing, got {g.tolist()}")
+        if self.grid.ndim != 1 or self.grid.numel() != n + 1:
+            raise SolverFileError(f"grid has {self.grid.numel()} points; a {n}-call solver needs {n + 1}")
         s = self.input_times.detach()
         if s.ndim != 1 or s.numel() != n or not bool(torch.isfinite(s).all()):
             raise SolverFileError(f"input_times must be {n} finite values, got shape {tuple(s.shape)}")
-        if self.schedule is not None:
-            try:
-                self.schedule.check_times(g, "grid")
+        try:
+            validate_grid(self.grid, self.schedule, "grid")
+            if self.schedule is not None:
                 self.schedule.check_times(s, "input_times")
-            except ValueError as err:
-                raise SolverFileError(str(err)) from err
+        except ValueError as err:
+            raise SolverFileError(str(err)) from err
         t = self.tables
         _matrix_ok(t.a.detach(), (n, n), lambda i: i, "a")
         _matrix_ok(t.b.detach(), (n, n), lambda i: i, "b")
