@@ -143,7 +143,9 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
     hw = tuple(sample_size) if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
     denoiser = Denoiser.from_diffusers(unet, schedule, prediction_type=prediction,
                                        null_cond=num_classes if num_classes else None)
-    if clip_denoised if clip_denoised is not None else bundled and decode is None:
+    if clip_denoised is None:
+        clip_denoised = bundled  # the bundled model's data range is [-1, 1]
+    if clip_denoised:
         denoiser.clip_range = (-1.0, 1.0)
     name = "bundled MNIST UNet" if bundled else folder.name
     log.info("loaded %s (%s, %s, %d classes)", name, type(unet).__name__, schedule.kind, num_classes)

@@ -21,7 +21,7 @@ from s4s.baselines import baseline
 from s4s.eval.features import feature_network_for
 from s4s.eval.frechet import FeatureStats, frechet_distance
 from s4s.eval.images import save_labelled_rows
-from s4s.eval.runner import evaluate, generate, sampling_labels
+from s4s.eval.runner import batched, evaluate, generate, sampling_labels
 from s4s.learn.api import LEARN_SEED_OFFSET, learn_with_result
 from s4s.learn.teacher import make_teacher_data
 from s4s.models import LoadedModel
@@ -119,8 +119,7 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
 
 def real_data_floor(feature_net, images: torch.Tensor) -> float:
     """FD of real images to the reference statistics (the noise floor of the metric)."""
-    with torch.no_grad():
-        feats = torch.cat([feature_net.features(images[i:i + 1000]) for i in range(0, len(images), 1000)])
+    feats = batched(feature_net.features, images)
     return frechet_distance(FeatureStats.from_features(feats), feature_net.reference)
 
 

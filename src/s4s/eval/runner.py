@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -34,7 +34,7 @@ from s4s.solver import Solver
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resolve_sampler", "generate", "evaluate", "METRICS"]
+__all__ = ["resolve_sampler", "generate", "evaluate", "batched", "METRICS"]
 
 Sampler = Union[Solver, HeunSampler]
 METRICS = ("fd", "teacher")
@@ -76,17 +76,17 @@ def generate(model: LoadedModel, sampler: Sampler, num_samples: int, seed: int =
     return torch.cat(outs)
 
 
-def _decode(model: LoadedModel, samples: Tensor, batch_size: int = 100) -> Tensor:
+def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 1000) -> Tensor:
+    """``fn`` applied without gradients to ``x`` in batches along dim 0, concatenated on the CPU."""
+    with torch.no_grad():
+        return torch.cat([fn(x[i:i + batch_size]).cpu() for i in range(0, x.shape[0], batch_size)])
+
+
+def _decode(model: LoadedModel, samples: Tensor) -> Tensor:
     """Images from samples: the pipeline's decoder for latent models, identity otherwise."""
     if model.decode is None:
         return samples
-    with torch.no_grad():
-        return torch.cat([model.decode(samples[i:i + batch_size]).float().cpu() for i in range(0, len(samples), batch_size)])
-
-
-def _features(net: FeatureNetwork, images: Tensor, batch_size: int = 1000) -> Tensor:
-    with torch.no_grad():
-        return torch.cat([net.features(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+    return batched(lambda z: model.decode(z).float(), samples, batch_size=100)
 
 
 def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, seed: int = 0,
@@ -112,13 +112,12 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         "accuracy": None,
     }
     images = _decode(model, samples)
-    feats = _features(feature_net, images) if feature_net is not None else None
+    feats = batched(feature_net.features, images) if feature_net is not None else None
     if "fd" in metrics:
         result["fd"] = frechet_distance(FeatureStats.from_features(feats), feature_net.reference)
         result["feature_space"] = feature_net.name
     if feature_net is not None and feature_net.classifier is not None and guidance is not None and labels is not None:
-        with torch.no_grad():
-            pred = torch.cat([feature_net.classifier(images[i:i + 1000]).argmax(1) for i in range(0, num_samples, 1000)])
+        pred = batched(lambda x: feature_net.classifier(x).argmax(1), images)
         result["accuracy"] = float((pred == labels).float().mean())
     if "teacher" in metrics:
         data = make_teacher_data(model.denoiser, model.schedule, model.sample_shape, num_samples, teacher, seed,
@@ -126,7 +125,7 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         result["teacher"] = teacher
         result["teacher_rmse"] = float((samples - data.x0).pow(2).mean().sqrt())
         if feats is not None:
-            result["teacher_feature_l2"] = float((feats - _features(feature_net, _decode(model, data.x0))).norm(dim=1).mean())
+            result["teacher_feature_l2"] = float((feats - batched(feature_net.features, _decode(model, data.x0))).norm(dim=1).mean())
     if save_images is not None:
         save_image_grid(images[:100], save_images, nrow=10)
         result["images"] = str(save_images)
