@@ -41,7 +41,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     if args.nfe < 1:
         raise ValueError(f"--nfe must be >= 1, got {args.nfe}")
     t0 = time.time()
-    model = load_model(args.model)
+    model = load_model(args.model, device=resolve_device(args.device))
     options = dict(PRESETS[args.preset])
     for key in ("teacher", "num_samples", "steps", "batch_size", "lr", "loss", "ball_radius", "base", "grid"):
         value = getattr(args, key)
@@ -53,7 +53,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
 
         if not model.is_mnist_like or model.is_latent:
             raise ValueError("loss 'feature' uses the bundled MNIST classifier: only for 1x28x28 pixel-space models")
-        feature_fn = load_mnist_classifier().features
+        feature_fn = load_mnist_classifier(device=model.device).features
     if args.decode_loss and not model.is_latent:
         raise ValueError("--decode-loss needs a latent pipeline (a folder with a vae/ or vqvae/ component)")
     run_dir = args.run_dir or args.out.with_name(args.out.stem + "-run")
@@ -79,7 +79,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from s4s.bench.model import markdown_table, plot_fd, run_model_bench
     from s4s.models import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, device=resolve_device(args.device))
     cells = run_model_bench(model, args.nfe, args.baselines, args.grids, args.methods, args.num_samples, args.out,
                             seed=args.seed, guidance=args.guidance, preset=args.preset,
                             cache_dir=None if args.no_cache else default_cache_dir() / "teacher",
@@ -118,6 +118,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; anything else as given."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_cache_dir() -> Path:
     """Where teacher samples are cached: ``$S4S_CACHE`` or ``~/.cache/s4s``."""
     return Path(os.environ.get("S4S_CACHE", Path.home() / ".cache" / "s4s"))
@@ -129,11 +138,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from s4s.models import load_model
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    model = load_model(args.model)
+    model = load_model(args.model, device=resolve_device(args.device))
     sampler = resolve_sampler(args.solver, model, args.nfe, args.grid)
     feature_net = None
     if "fd" in metrics:
-        feature_net = feature_network_for(model.image_shape, args.inception_weights, args.reference_stats)
+        feature_net = feature_network_for(model.image_shape, args.inception_weights, args.reference_stats, model.device)
     result = evaluate(model, sampler, num_samples=args.num_samples, seed=args.seed, guidance=args.guidance,
                       metrics=metrics, teacher=args.teacher, batch_size=args.batch_size, feature_net=feature_net,
                       cache_dir=None if args.no_cache else default_cache_dir() / "teacher",
@@ -150,6 +159,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"  accuracy:     {result['accuracy']:.4f}")
         print(f"  time:         {result['seconds']:.1f} s (sampling {result['sample_seconds']:.1f} s)")
     return 0
+
+
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="where the model runs: auto (a GPU if PyTorch sees one), cpu, cuda, cuda:1, ...")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: bundled MNIST UNet)")
     p.add_argument("--nfe", type=int, required=True)
     p.add_argument("--method", choices=METHODS, default="s4s-alt")
-    p.add_argument("--base", default=None, help="base solver (default auto: best of dpmpp_3m / unipc_bh2)")
+    p.add_argument("--base", default=None, help="base solver (default auto: best of dpmpp_3m / unipc_bh1 / unipc_bh2 on validation)")
     p.add_argument("--grid", default=None, help="initial grid (default auto: best on validation)")
     p.add_argument("--teacher", default=None, help="NAME:NFE (default from the preset)")
     p.add_argument("--loss", default=None, choices=list(LOSSES))
@@ -188,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder from its checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.add_argument("--no-cache", action="store_true")
+    _add_device_option(p)
     p.set_defaults(func=_cmd_learn)
 
     from s4s.baselines import BASELINES
@@ -205,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-rmse", action="store_true", help="also measure RMSE to the teacher (costly)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--out", type=Path, default=Path("docs/bench_mnist"))
+    _add_device_option(p)
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("eval", help="sample a model with a solver and measure FD / distance to a teacher")
@@ -223,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not cache teacher samples")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--save-images", type=Path, default=None, help="write the first 100 samples as a PNG grid")
+    _add_device_option(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("bench-baselines", help="every baseline x NFE x grid on the exact Gaussian mixture")

@@ -66,14 +66,21 @@ class Denoiser:
 
     def __init__(self, fn: ModelFn, schedule: Schedule, null_cond: Any = None,
                  time_fn: Optional[Callable[[Tensor], Tensor]] = None, fingerprint: Optional[str] = None,
-                 name: str = "denoiser", clip_range: Optional[tuple[float, float]] = None):
+                 name: str = "denoiser", clip_range: Optional[tuple[float, float]] = None,
+                 module: Optional[torch.nn.Module] = None):
         self.fn, self.schedule, self.null_cond, self.clip_range = fn, schedule, null_cond, clip_range
         self.time_fn = time_fn or (lambda t: t)
-        self.fingerprint, self.name = fingerprint, name
+        self.fingerprint, self.name, self.module = fingerprint, name, module
+
+    @property
+    def device(self) -> Optional[torch.device]:
+        """The device of the wrapped network's weights (None when no module was given)."""
+        param = None if self.module is None else next(self.module.parameters(), None)
+        return None if param is None else param.device
 
     def __call__(self, x: Tensor, t: Any, cond: Any = None, guidance: Optional[float] = None) -> Tensor:
         """``D(x, t)``; ``t`` a scalar or per-sample times; with ``guidance`` one batched guided call."""
-        t = torch.as_tensor(t, device=x.device)
+        t = t.to(x.device) if isinstance(t, Tensor) else torch.as_tensor(t, device=x.device)  # .to keeps gradients
         t = (t.expand(x.shape[0]) if t.ndim == 0 else t).to(torch.float64)
         if guidance is None or cond is None:
             d = self.fn(x, self.time_fn(t), cond)
@@ -133,6 +140,7 @@ class Denoiser:
         if isinstance(net, torch.nn.Module):
             kw.setdefault("fingerprint", fingerprint_module(net))
             kw.setdefault("name", type(net).__name__)
+            kw.setdefault("module", net)
 
         def d(x: Tensor, t: Tensor, cond: Any) -> Tensor:
             alpha, sigma = schedule.alpha(t), schedule.sigma(t)
@@ -167,6 +175,7 @@ class Denoiser:
             raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {sorted(convert)}")
         kw.setdefault("fingerprint", fingerprint_module(unet))
         kw.setdefault("name", type(unet).__name__)
+        kw.setdefault("module", unet)
         if not isinstance(schedule, (VPDiscrete, Flow)):
             raise ValueError(f"diffusers models use a discrete VP or a flow schedule, got {schedule!r}")
         return convert[prediction_type](fn, schedule, time_fn=time_fn, null_cond=null_cond, **kw)

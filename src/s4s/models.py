@@ -76,6 +76,12 @@ class LoadedModel:
         return (torch.arange(n) + start) % self.num_classes
 
     @property
+    def device(self) -> torch.device:
+        """Where the network's weights live (CPU for a module-less callable)."""
+        param = None if self.module is None else next(self.module.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    @property
     def fingerprint(self) -> Optional[str]:
         return self.denoiser.fingerprint
 

@@ -67,7 +67,7 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
                     image_count: int = 10) -> list[BenchCell]:
     """Run the benchmark; writes learned solvers, run folders and sample grids under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    feature_net = feature_network_for(model.image_shape)
+    feature_net = feature_network_for(model.image_shape, device=model.device)
     options = {**PRESETS[preset], **(learn_options or {})}
     teacher = options.pop("teacher")
     num_learn = options.pop("num_samples")
@@ -77,8 +77,12 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
     if methods:
         teacher_data = make_teacher_data(model.denoiser, model.schedule, model.sample_shape, num_learn, teacher,
                                          seed + LEARN_SEED_OFFSET, labels_learn, guidance, 256, cache_dir,
-                                         model.fingerprint, progress=progress)
+                                         model.fingerprint, progress=progress, device=model.device)
     cells: list[BenchCell] = []
+    results_path = out_dir / "results.json"
+
+    def save_results() -> None:  # after every cell, so an interrupted bench keeps what it measured
+        results_path.write_text(json.dumps([asdict(c) for c in cells], indent=1) + "\n")
     for nfe in nfes:
         shown: dict[str, torch.Tensor] = {}
         for name in baselines:
@@ -95,31 +99,33 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
                     best = cell
             if best is not None:
                 cells.append(best)
+                save_results()
                 shown[f"{name} ({best.grid})"] = baseline(name, model.schedule, nfe, grid=best.grid)
         for method in methods:
             run_dir = out_dir / f"{method}-nfe{nfe}"
             res = learn_with_result(model.denoiser, model.schedule, nfe, model.sample_shape, method=method,
                                     guidance=guidance, seed=seed, run_dir=run_dir, progress=progress,
-                                    teacher_data=teacher_data, **options)
+                                    teacher_data=teacher_data, device=model.device, **options)
             path = res.solver.save(out_dir / f"{method}-nfe{nfe}.json")
             r = evaluate(model, res.solver, num_samples, seed, guidance, metrics, teacher, feature_net=feature_net,
                          cache_dir=cache_dir, progress=progress, solver_label=method)
             cells.append(BenchCell(method, "learned", nfe, f"learned from {res.solver.metadata['base']}/"
                                    f"{res.solver.metadata['grid_init']}", r["fd"], r["teacher_rmse"], r["seconds"],
                                    res.seconds, str(path)))
+            save_results()
             log.info("NFE %d %s: FD %.3f (learned in %.0f s)", nfe, method, r["fd"], res.seconds)
             shown[method] = res.solver
         if shown and image_count:
             labels = sampling_labels(model, image_count, guidance)
             rows = [generate(model, s, image_count, seed, guidance, image_count, False, labels) for s in shown.values()]
             save_labelled_rows(rows, list(shown), out_dir / f"samples_nfe{nfe}.png", f"NFE {nfe}, same noise")
-    (out_dir / "results.json").write_text(json.dumps([asdict(c) for c in cells], indent=1) + "\n")
+    save_results()
     return cells
 
 
 def real_data_floor(feature_net, images: torch.Tensor) -> float:
     """FD of real images to the reference statistics (the noise floor of the metric)."""
-    feats = batched(feature_net.features, images)
+    feats = batched(feature_net.features, images, device=feature_net.device)
     return frechet_distance(FeatureStats.from_features(feats), feature_net.reference)
 
 

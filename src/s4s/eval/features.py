@@ -37,12 +37,13 @@ class FeatureNetwork:
     features: Callable[[Tensor], Tensor]
     reference: FeatureStats
     classifier: Optional[MnistClassifier] = None
+    device: torch.device = torch.device("cpu")   # inputs are moved here in batches
 
 
 def mnist_feature_network(device: torch.device | str = "cpu") -> FeatureNetwork:
     clf = load_mnist_classifier(device=device)
     ref = FeatureStats.load(assets_dir() / REFERENCE_STATS_FILE)
-    return FeatureNetwork("MNIST classifier features", clf.features, ref, clf)
+    return FeatureNetwork("MNIST classifier features", clf.features, ref, clf, torch.device(device))
 
 
 def inception_feature_network(weights: Optional[Path], reference_stats: Optional[Path],
@@ -63,7 +64,7 @@ def inception_feature_network(weights: Optional[Path], reference_stats: Optional
         x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return net(x).reshape(images.shape[0], -1)
 
-    return FeatureNetwork("Inception-v3 pool3 (FID)", features, FeatureStats.load(reference_stats))
+    return FeatureNetwork("Inception-v3 pool3 (FID)", features, FeatureStats.load(reference_stats), device=torch.device(device))
 
 
 def feature_network_for(sample_shape: tuple[int, ...], inception_weights: Optional[Path] = None,

@@ -66,7 +66,7 @@ def generate(model: LoadedModel, sampler: Sampler, num_samples: int, seed: int =
              batch_size: int = 500, progress: bool = True, labels: Optional[Tensor] = None) -> Tensor:
     """``num_samples`` samples from the seeded noise of :func:`sample_noise` (float32, CPU)."""
     x_T = sample_noise(model.schedule, num_samples, model.sample_shape, seed)
-    device = next(model.module.parameters()).device if model.module is not None else torch.device("cpu")
+    device = model.device
     outs = []
     for start in tqdm(range(0, num_samples, batch_size), desc=f"sampling nfe={sampler.nfe}", disable=not progress):
         stop = min(start + batch_size, num_samples)
@@ -76,17 +76,20 @@ def generate(model: LoadedModel, sampler: Sampler, num_samples: int, seed: int =
     return torch.cat(outs)
 
 
-def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 1000) -> Tensor:
-    """``fn`` applied without gradients to ``x`` in batches along dim 0, concatenated on the CPU."""
+def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 1000,
+            device: Optional[torch.device] = None) -> Tensor:
+    """``fn`` applied without gradients to ``x`` in batches along dim 0 (each batch moved to ``device``
+    when given), concatenated on the CPU."""
     with torch.no_grad():
-        return torch.cat([fn(x[i:i + batch_size]).cpu() for i in range(0, x.shape[0], batch_size)])
+        return torch.cat([fn(x[i:i + batch_size] if device is None else x[i:i + batch_size].to(device)).cpu()
+                          for i in range(0, x.shape[0], batch_size)])
 
 
 def _decode(model: LoadedModel, samples: Tensor) -> Tensor:
     """Images from samples: the pipeline's decoder for latent models, identity otherwise."""
     if model.decode is None:
         return samples
-    return batched(lambda z: model.decode(z).float(), samples, batch_size=100)
+    return batched(lambda z: model.decode(z).float(), samples, batch_size=100, device=model.device)
 
 
 def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, seed: int = 0,
@@ -101,7 +104,7 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         raise ValueError("--guidance needs a class-conditional model")
     t0 = time.time()
     if feature_net is None and ("fd" in metrics or model.is_mnist_like):
-        feature_net = feature_network_for(model.image_shape)
+        feature_net = feature_network_for(model.image_shape, device=model.device)
     labels = sampling_labels(model, num_samples, guidance)
     samples = generate(model, sampler, num_samples, seed, guidance, batch_size, progress, labels)
     sample_seconds = time.time() - t0
@@ -112,20 +115,22 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         "accuracy": None,
     }
     images = _decode(model, samples)
-    feats = batched(feature_net.features, images) if feature_net is not None else None
+    feats = batched(feature_net.features, images, device=feature_net.device) if feature_net is not None else None
     if "fd" in metrics:
         result["fd"] = frechet_distance(FeatureStats.from_features(feats), feature_net.reference)
         result["feature_space"] = feature_net.name
     if feature_net is not None and feature_net.classifier is not None and guidance is not None and labels is not None:
-        pred = batched(lambda x: feature_net.classifier(x).argmax(1), images)
+        pred = batched(lambda x: feature_net.classifier(x).argmax(1), images, device=feature_net.device)
         result["accuracy"] = float((pred == labels).float().mean())
     if "teacher" in metrics:
         data = make_teacher_data(model.denoiser, model.schedule, model.sample_shape, num_samples, teacher, seed,
-                                 labels, guidance, batch_size, cache_dir, model.fingerprint, progress=progress)
+                                 labels, guidance, batch_size, cache_dir, model.fingerprint, progress=progress,
+                                 device=model.device)
         result["teacher"] = teacher
         result["teacher_rmse"] = float((samples - data.x0).pow(2).mean().sqrt())
         if feats is not None:
-            result["teacher_feature_l2"] = float((feats - batched(feature_net.features, _decode(model, data.x0))).norm(dim=1).mean())
+            teacher_feats = batched(feature_net.features, _decode(model, data.x0), device=feature_net.device)
+            result["teacher_feature_l2"] = float((feats - teacher_feats).norm(dim=1).mean())
     if save_images is not None:
         save_image_grid(images[:100], save_images, nrow=10)
         result["images"] = str(save_images)

@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import torch
 from torch import Tensor
 
 from s4s.learn.teacher import DEFAULT_TEACHER, TeacherData, make_teacher_data
@@ -27,8 +28,12 @@ def learn_with_result(denoiser: Callable[..., Tensor], schedule: Schedule, nfe: 
                       seed: int = 0, cache_dir: Optional[Path] = None, run_dir: Optional[Path] = None,
                       resume: bool = False, progress: bool = True, feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
                       teacher_data: Optional[TeacherData] = None, teacher_batch_size: int = 256,
-                      decode: Optional[Callable[[Tensor], Tensor]] = None, **options: Any) -> LearnResult:
+                      decode: Optional[Callable[[Tensor], Tensor]] = None,
+                      device: Optional[torch.device | str] = None, **options: Any) -> LearnResult:
     """Like :func:`learn` but returns the :class:`LearnResult` (history, base losses, timing).
+
+    ``device`` is where the model runs (teacher batches and the student's inputs go there); by
+    default the device of the model's first parameter when ``denoiser`` wraps a module, else CPU.
 
     ``decode`` (a latent pipeline's decoder) makes the loss compare decoded images; by default a
     latent model learns with a latent-space loss.
@@ -39,10 +44,11 @@ def learn_with_result(denoiser: Callable[..., Tensor], schedule: Schedule, nfe: 
         raise ValueError(f"unknown learning option(s) {unknown}; known: {sorted(known)}")
     config = LearnConfig(nfe=nfe, method=method, guidance=guidance, seed=seed, **options)
     config.validate()
+    device = torch.device(device) if device is not None else (getattr(denoiser, "device", None) or torch.device("cpu"))
     if teacher_data is None:
         teacher_data = make_teacher_data(denoiser, schedule, tuple(shape), num_samples, teacher, seed + LEARN_SEED_OFFSET,
                                          labels, guidance, teacher_batch_size, cache_dir,
-                                         getattr(denoiser, "fingerprint", None), progress=progress)
+                                         getattr(denoiser, "fingerprint", None), progress=progress, device=device)
     n_val = max(1, int(round(len(teacher_data) * val_fraction)))
     if len(teacher_data) - n_val < 1:
         raise ValueError(f"{len(teacher_data)} teacher samples leave none for training")
@@ -51,7 +57,8 @@ def learn_with_result(denoiser: Callable[..., Tensor], schedule: Schedule, nfe: 
             "model_fingerprint": getattr(denoiser, "fingerprint", None)}
     if decode is not None:
         meta["loss_space"] = "decoded"
-    result = train_solver(denoiser, schedule, train, val, config, run_dir, resume, progress, feature_fn, meta, decode)
+    result = train_solver(denoiser, schedule, train, val, config, run_dir, resume, progress, feature_fn, meta, decode,
+                          device=device)
     if run_dir is not None:
         save_run(result, config, Path(run_dir))
     return result

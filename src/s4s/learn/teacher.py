@@ -58,6 +58,11 @@ class TeacherData:
     def __len__(self) -> int:
         return self.x_T.shape[0]
 
+    def to(self, device: torch.device | str) -> "TeacherData":
+        """The same data on ``device``."""
+        return TeacherData(self.x_T.to(device), None if self.cond is None else self.cond.to(device), self.x0.to(device),
+                           self.meta)
+
     def split(self, num_train: int) -> tuple["TeacherData", "TeacherData"]:
         """First ``num_train`` samples for training, the rest for validation."""
         def part(sl: slice) -> TeacherData:

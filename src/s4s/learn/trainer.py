@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 __all__ = ["LearnConfig", "LearnResult", "METHODS", "train_solver", "choose_base"]
 
 METHODS = ("s4s", "s4s-pc", "s4s-alt", "s4s-alt-pc", "s4s-joint")
-BASE_CANDIDATES = ("dpmpp_3m", "unipc_bh2")
+BASE_CANDIDATES = ("dpmpp_3m", "unipc_bh1", "unipc_bh2")  # UniPC-bh1 is often best at NFE <= 6
 
 
 @dataclass
@@ -60,7 +60,7 @@ class LearnConfig:
 
     nfe: int
     method: str = "s4s-alt"
-    base: str = "auto"            # a BASELINES name, or "auto": best of dpmpp_3m / unipc_bh2 on validation
+    base: str = "auto"            # a BASELINES name, or "auto": best of BASE_CANDIDATES on validation
     grid: str = "auto"            # a GRIDS name, or "auto": best grid for the base on validation
     loss: str = "l2"
     steps: int = 200
@@ -147,14 +147,20 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
                  run_dir: Optional[Path] = None, resume: bool = False, progress: bool = True,
                  feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
                  metadata: Optional[dict[str, Any]] = None,
-                 transform: Optional[Callable[[Tensor], Tensor]] = None) -> LearnResult:
+                 transform: Optional[Callable[[Tensor], Tensor]] = None,
+                 device: Optional[torch.device | str] = None) -> LearnResult:
     """Learn a solver (see module doc). ``run_dir`` holds ``checkpoint.pt`` for ``resume``.
+
+    ``device``: where the model runs; the teacher data is moved there (default: where it is).
+    The learnable tables stay on the CPU (a few hundred numbers); the stepping loop moves them.
 
     ``transform`` is applied to student and teacher outputs before the distance (e.g. a latent
     pipeline's VAE decoder, to measure the loss in pixel space).
     """
     config.validate()
     t_start = time.time()
+    if device is not None:
+        train, val = train.to(device), val.to(device)
     distance = make_distance(config.loss, feature_fn)
     if transform is not None:
         inner_distance = distance
@@ -219,7 +225,7 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
             phase = "joint"
         else:
             phase = "coefficients"
-        idx = torch.randint(0, len(train), (config.batch_size,), generator=gen)
+        idx = torch.randint(0, len(train), (config.batch_size,), generator=gen).to(train.x_T.device)
         cond = None if train.cond is None else train.cond[idx]
         x_in = train.x_T[idx] if x_prime is None else x_prime[idx].clone().requires_grad_(True)
         loss = distance(student(x_in, cond), train.x0[idx]).mean()
