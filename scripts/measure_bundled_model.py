@@ -33,12 +33,16 @@ def main() -> None:
     p.add_argument("--grid", default="time", help="grid for the few-NFE baseline")
     p.add_argument("--out", type=Path, default=Path("src/s4s/assets/mnist-unet/measurements.json"))
     p.add_argument("--docs", type=Path, default=Path("docs"))
+    p.add_argument("--model", default=None, help="model folder (default: the bundled MNIST UNet)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--prefix", default="teacher", help="file name prefix of the sample grids under --docs")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    model = load_model(None)
-    net = feature_network_for(model.sample_shape)
+    model = load_model(args.model, device=args.device)
+    net = feature_network_for(model.sample_shape, device=model.device)
     n = args.num_samples
-    result: dict = {"num_samples": n, "feature_space": net.name, "seed": 0}
+    result: dict = {"num_samples": n, "feature_space": net.name, "seed": 0, "model": model.name,
+                    "device": str(model.device)}
     result["fd_real_vs_real"] = real_data_floor(net, load_mnist().train_images[:n])
     name, nfe = parse_teacher(args.teacher)
     teacher = s4s.baseline(name, model.schedule, nfe, grid=args.grid)
@@ -54,9 +58,9 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     labels = model.labels(100, guided=True)
     save_image_grid(generate(model, teacher, 100, seed=1, progress=False, labels=model.labels(100, guided=False)),
-                    args.docs / "teacher_unconditional.png", nrow=10)
+                    args.docs / f"{args.prefix}_unconditional.png", nrow=10)
     save_image_grid(generate(model, teacher, 100, seed=1, guidance=2.0, progress=False, labels=labels),
-                    args.docs / "teacher_guided.png", nrow=10)
+                    args.docs / f"{args.prefix}_guided.png", nrow=10)
     print(json.dumps(result, indent=1))
 
 

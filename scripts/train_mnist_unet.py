@@ -50,14 +50,15 @@ def make_unet() -> UNet2DModel:
 
 
 def training_pair(x0: torch.Tensor, objective: str, alphas_cumprod: torch.Tensor, gen: torch.Generator):
-    """Return (x_t, model time, regression target) for one batch."""
-    eps = torch.randn(x0.shape, generator=gen)
+    """Return (x_t, model time, regression target) for one batch (on ``x0.device``)."""
+    dev = x0.device
+    eps = torch.randn(x0.shape, generator=gen, device=dev)
     n = x0.shape[0]
     if objective == "eps":
-        t = torch.randint(0, len(alphas_cumprod), (n,), generator=gen)
+        t = torch.randint(0, len(alphas_cumprod), (n,), generator=gen, device=dev)
         abar = alphas_cumprod[t].view(-1, 1, 1, 1)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * eps, t, eps
-    t = torch.rand(n, generator=gen)
+    t = torch.rand(n, generator=gen, device=dev)
     tt = t.view(-1, 1, 1, 1)
     return (1 - tt) * x0 + tt * eps, t * 1000.0, eps - x0
 
@@ -72,6 +73,9 @@ def main() -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--p-uncond", type=float, default=0.12)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (random streams differ between devices)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="also stop after this much training time; training.json records the steps reached")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--out", type=Path, required=True)
@@ -81,33 +85,37 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
+    device = torch.device(args.device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
 
     data = load_mnist()
-    images, labels = data.train_images, data.train_labels
+    images, labels = data.train_images.to(device), data.train_labels.to(device)
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    alphas_cumprod = torch.cumprod(1 - betas, 0).float()
+    alphas_cumprod = torch.cumprod(1 - betas, 0).float().to(device)
 
-    model = make_unet()
+    model = make_unet().to(device)
     if args.init_from is not None:
         model.load_state_dict(UNet2DModel.from_pretrained(str(args.init_from), low_cpu_mem_usage=False).float().state_dict())
         log.info("initialised from %s", args.init_from)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
     state_path = args.out.with_name(args.out.name + "-train-state.pt")
     step = 0
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location=device)
         model.load_state_dict(state["model"]), ema.load_state_dict(state["ema"]), opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
+        gen.set_state(state["gen"].cpu())  # RNG states are CPU byte tensors, whatever the device
         step = state["step"]
         log.info("resumed at step %d", step)
     log.info("parameters: %d", sum(p.numel() for p in model.parameters()))
-    t0, running = time.time(), None
-    while step < args.steps:
-        idx = torch.randint(0, len(images), (args.batch_size,), generator=gen)
+    t0 = t_start = time.time()
+    running, last = None, False
+    while step < args.steps and not last:
+        idx = torch.randint(0, len(images), (args.batch_size,), generator=gen, device=device)
         x0, y = images[idx], labels[idx].clone()
-        y[torch.rand(len(y), generator=gen) < args.p_uncond] = NULL_CLASS
+        y[torch.rand(len(y), generator=gen, device=device) < args.p_uncond] = NULL_CLASS
         xt, t, target = training_pair(x0, args.objective, alphas_cumprod, gen)
         loss = torch.nn.functional.mse_loss(model(xt, t, class_labels=y).sample, target)
         for group in opt.param_groups:
@@ -119,13 +127,13 @@ def main() -> None:
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            torch._foreach_lerp_(ema_params, model_params, 1 - decay)
         if step % 50 == 0:
-            log.info("step %d loss %.4f (%.2f s/step)", step, running, (time.time() - t0) / 50)
+            running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+            log.info("step %d loss %.4f (%.3f s/step)", step, running, (time.time() - t0) / 50)
             t0 = time.time()
-        if step % args.save_every == 0 or step == args.steps:
+        last = args.max_seconds is not None and time.time() - t_start > args.max_seconds
+        if step % args.save_every == 0 or step == args.steps or last:
             ema.save_pretrained(args.out)
             (args.out / "training.json").write_text(
                 json.dumps({**{k: str(v) for k, v in vars(args).items()}, "objective": args.objective, "trained_steps": step},
