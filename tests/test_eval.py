@@ -113,3 +113,49 @@ def test_bundled_model_loads_with_plain_diffusers_and_s4s():
     model = load_model(None)
     assert model.num_classes == 10 and model.null_label == 10 and model.denoiser.clip_range == (-1.0, 1.0)
     assert model.fingerprint == s4s.fingerprint_module(model.module)
+
+
+def test_bundled_flow_model_loads_as_a_rectified_flow():
+    from s4s.models import bundled_model_path
+
+    path = bundled_model_path("mnist-flow-unet")
+    unet = UNet2DModel.from_pretrained(str(path))
+    assert unet.config.num_class_embeds == 11
+    model = load_model(path)
+    assert isinstance(model.schedule, s4s.Flow) and model.num_classes == 10
+    assert model.device == torch.device("cpu") and model.denoiser.device == torch.device("cpu")
+    # D = x - t u: at t -> 0 the denoiser returns (nearly) its input
+    x = torch.rand(2, 1, 28, 28) * 2 - 1
+    d = model.denoiser(x, torch.tensor(1e-3), torch.tensor([10, 10]))
+    assert float((d - x).abs().max()) < 0.05
+
+
+def test_bench_report_merges_results_later_files_win(tmp_path, capsys):
+    from s4s.bench.model import BenchCell, load_cells
+
+    def write(name, cells):
+        path = tmp_path / name
+        path.write_text(json.dumps([vars(c) for c in cells]))
+        return path
+
+    a = write("a.json", [BenchCell("unipc_bh1", "baseline", 5, "time", 50.0, None, 1.0),
+                         BenchCell("s4s-alt", "learned", 5, "learned", 60.0, None, 1.0)])
+    b = write("b.json", [BenchCell("s4s-alt", "learned", 5, "learned", 40.0, None, 1.0),
+                         BenchCell("unipc_bh1", "baseline", 4, "time", 70.0, None, 1.0)])
+    cells = load_cells([a, b])
+    assert {(c.method, c.nfe): c.fd for c in cells} == {("unipc_bh1", 5): 50.0, ("s4s-alt", 5): 40.0,
+                                                        ("unipc_bh1", 4): 70.0}
+    assert main(["bench-report", str(a), str(b), "--out", str(tmp_path / "report"), "--title", "T"]) == 0
+    table = (tmp_path / "report" / "bench.md").read_text()
+    assert "| s4s-alt | – | **40.00** |" in table and "| unipc_bh1 | 70.00 (time) | 50.00 (time) |" in table
+    assert json.loads((tmp_path / "report" / "results.json").read_text())[1]["fd"] == 40.0
+
+    # an `s4s eval --json` output of a learned solver file becomes a learned cell
+    solver = s4s.baseline("dpmpp_3m", s4s.VPDiscrete(), 3, grid="time")
+    solver.metadata.update(method="s4s", base="dpmpp_3m", grid_init="time")
+    path = solver.save(tmp_path / "learned.json")
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps({"solver": str(path), "nfe": 3, "fd": 12.5, "feature_space": "x", "seconds": 2.0,
+                              "teacher_rmse": None}))
+    (cell,) = load_cells([ev])
+    assert (cell.method, cell.kind, cell.nfe, cell.fd, cell.grid) == ("s4s", "learned", 3, 12.5, "learned from dpmpp_3m/time")

@@ -96,6 +96,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_report(args: argparse.Namespace) -> int:
+    from s4s.bench.model import load_cells, markdown_table, plot_fd
+
+    cells = load_cells(args.results)
+    notes = list(args.note) + ["", "Merged by `s4s " + " ".join(sys.argv[1:]) + "`"]
+    table = markdown_table(cells, args.title, notes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.md").write_text(table)
+    (args.out / "results.json").write_text(json.dumps([vars(c) for c in cells], indent=1) + "\n")
+    plot_fd(cells, args.out / "fd_vs_nfe.png", args.title)
+    print(table)
+    return 0
+
+
 DEMO_BASELINES = ["ddim", "dpmpp_3m", "unipc_bh2", "ipndm", "deis"]
 
 
@@ -147,6 +161,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                       metrics=metrics, teacher=args.teacher, batch_size=args.batch_size, feature_net=feature_net,
                       cache_dir=None if args.no_cache else default_cache_dir() / "teacher",
                       save_images=args.save_images, solver_label=args.solver)
+    result["grid"] = None if args.solver.endswith(".json") else args.grid
     if args.json:
         print(json.dumps(result))
     else:
@@ -221,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("docs/bench_mnist"))
     _add_device_option(p)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("bench-report", help="merge results.json files of `s4s bench` runs into one table and plot")
+    p.add_argument("results", type=Path, nargs="+", help="`s4s bench` results.json files and `s4s eval --json` outputs (later ones win on the same method and NFE)")
+    p.add_argument("--out", type=Path, required=True, help="folder for bench.md, results.json, fd_vs_nfe.png")
+    p.add_argument("--title", default="Baselines vs learned solvers")
+    p.add_argument("--note", action="append", default=[], help="a line of notes under the title (repeatable)")
+    p.set_defaults(func=_cmd_bench_report)
 
     p = sub.add_parser("eval", help="sample a model with a solver and measure FD / distance to a teacher")
     p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: the bundled MNIST UNet)")

@@ -29,7 +29,7 @@ from s4s.plotting import line_plot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchCell", "PRESETS", "run_model_bench", "markdown_table", "plot_fd", "peak_memory_mb"]
+__all__ = ["BenchCell", "PRESETS", "run_model_bench", "markdown_table", "plot_fd", "peak_memory_mb", "load_cells"]
 
 # Learning presets: "fast" is the one `make demo` uses on a 2-core CPU; "default" is the CLI default.
 # Both also learn the state weights `a` (learn_a): on the exact mixture model that halves the error
@@ -121,6 +121,39 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
             save_labelled_rows(rows, list(shown), out_dir / f"samples_nfe{nfe}.png", f"NFE {nfe}, same noise")
     save_results()
     return cells
+
+
+def cell_from_eval(result: dict[str, Any]) -> BenchCell:
+    """A bench cell from one ``s4s eval --json`` result; a learned solver file named by its
+    ``solver`` key gives the method and base (as ``s4s bench`` labels learned cells)."""
+    from s4s.learn.trainer import METHODS
+    from s4s.solver import Solver
+
+    label, path = result["solver"], Path(str(result["solver"]))
+    if path.suffix == ".json" and path.is_file():
+        meta = Solver.load(path).metadata
+        if meta.get("method") in METHODS:
+            return BenchCell(meta["method"], "learned", int(result["nfe"]), f"learned from {meta.get('base')}/"
+                             f"{meta.get('grid_init')}", result["fd"], result.get("teacher_rmse"), result["seconds"],
+                             solver_file=str(path))
+    return BenchCell(label, "baseline", int(result["nfe"]), str(result.get("grid", "")), result["fd"],
+                     result.get("teacher_rmse"), result["seconds"])
+
+
+def load_cells(paths: Sequence[Path]) -> list[BenchCell]:
+    """Cells from ``s4s bench`` ``results.json`` files (e.g. a bench split over processes or
+    machines) and ``s4s eval --json`` outputs; a later cell replaces an earlier one with the same
+    (method, NFE)."""
+    merged: dict[tuple[str, int], BenchCell] = {}
+    for path in paths:
+        try:
+            rows = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read bench results {path}: {err}") from err
+        for row in rows if isinstance(rows, list) else [rows]:
+            cell = cell_from_eval(row) if "feature_space" in row else BenchCell(**row)
+            merged[(cell.method, cell.nfe)] = cell
+    return list(merged.values())
 
 
 def real_data_floor(feature_net, images: torch.Tensor) -> float:
