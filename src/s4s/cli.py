@@ -100,7 +100,8 @@ def _cmd_bench_report(args: argparse.Namespace) -> int:
     from s4s.bench.model import load_cells, markdown_table, plot_fd
 
     cells = load_cells(args.results)
-    notes = list(args.note) + ["", "Merged by `s4s " + " ".join(sys.argv[1:]) + "`"]
+    merged = " ".join(str(p) for p in args.results)
+    notes = list(args.note) + ["", f"Merged by `s4s bench-report {merged} --out {args.out}`"]
     table = markdown_table(cells, args.title, notes)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.md").write_text(table)

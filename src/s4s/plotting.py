@@ -28,6 +28,10 @@ def line_plot(series: dict[str, Sequence[tuple[float, float]]], path: Path, xlab
             ax.plot(*zip(*points), label=label, **{"marker": "o", **(styles or {}).get(label, {})})
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if logy else "linear")
     ax.grid(True, which="both", alpha=0.3)
+    if all(float(x).is_integer() for points in series.values() for x, _ in points):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # NFE, steps: whole numbers
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

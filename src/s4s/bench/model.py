@@ -133,7 +133,9 @@ def cell_from_eval(result: dict[str, Any]) -> BenchCell:
     if path.suffix == ".json" and path.is_file():
         meta = Solver.load(path).metadata
         if meta.get("method") in METHODS:
-            return BenchCell(meta["method"], "learned", int(result["nfe"]), f"learned from {meta.get('base')}/"
+            loss = meta.get("loss", "l2")
+            method = meta["method"] if loss == "l2" else f"{meta['method']} ({loss})"
+            return BenchCell(method, "learned", int(result["nfe"]), f"learned from {meta.get('base')}/"
                              f"{meta.get('grid_init')}", result["fd"], result.get("teacher_rmse"), result["seconds"],
                              solver_file=str(path))
     return BenchCell(label, "baseline", int(result["nfe"]), str(result.get("grid", "")), result["fd"],
