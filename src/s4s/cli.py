@@ -111,7 +111,7 @@ def _cmd_bench_report(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_BASELINES = ["ddim", "dpmpp_3m", "unipc_bh2", "ipndm", "deis"]
+DEMO_BASELINES = ["ddim", "dpmpp_3m", "unipc_bh1", "unipc_bh2", "ipndm", "deis"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
