@@ -97,7 +97,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_report(args: argparse.Namespace) -> int:
-    from s4s.bench.model import load_cells, markdown_table, plot_fd
+    from s4s.bench.model import load_cells, markdown_table, plot_fd, save_cells
 
     cells = load_cells(args.results)
     merged = " ".join(str(p) for p in args.results)
@@ -105,7 +105,7 @@ def _cmd_bench_report(args: argparse.Namespace) -> int:
     table = markdown_table(cells, args.title, notes)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.md").write_text(table)
-    (args.out / "results.json").write_text(json.dumps([vars(c) for c in cells], indent=1) + "\n")
+    save_cells(cells, args.out / "results.json")
     plot_fd(cells, args.out / "fd_vs_nfe.png", args.title)
     print(table)
     return 0

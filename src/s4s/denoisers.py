@@ -40,6 +40,12 @@ def fingerprint_module(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def module_device(module: Optional[torch.nn.Module]) -> Optional[torch.device]:
+    """The device of a module's first parameter (None without a module or parameters)."""
+    param = None if module is None else next(module.parameters(), None)
+    return None if param is None else param.device
+
+
 def _bcast(v: Tensor, x: Tensor) -> Tensor:
     """Per-sample scalars (shape ``(B,)``) broadcast against ``x`` of any rank."""
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
@@ -75,8 +81,7 @@ class Denoiser:
     @property
     def device(self) -> Optional[torch.device]:
         """The device of the wrapped network's weights (None when no module was given)."""
-        param = None if self.module is None else next(self.module.parameters(), None)
-        return None if param is None else param.device
+        return module_device(self.module)
 
     def __call__(self, x: Tensor, t: Any, cond: Any = None, guidance: Optional[float] = None) -> Tensor:
         """``D(x, t)``; ``t`` a scalar or per-sample times; with ``guidance`` one batched guided call."""

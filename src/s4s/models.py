@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from s4s.denoisers import Denoiser
+from s4s.denoisers import Denoiser, module_device
 from s4s.schedules import Schedule, schedule_from_diffusers
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,7 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         """Where the network's weights live (CPU for a module-less callable)."""
-        param = None if self.module is None else next(self.module.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
+        return module_device(self.module) or torch.device("cpu")
 
     @property
     def fingerprint(self) -> Optional[str]:

@@ -29,7 +29,8 @@ from s4s.plotting import line_plot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchCell", "PRESETS", "run_model_bench", "markdown_table", "plot_fd", "peak_memory_mb", "load_cells"]
+__all__ = ["BenchCell", "PRESETS", "run_model_bench", "markdown_table", "plot_fd", "peak_memory_mb", "load_cells",
+           "save_cells"]
 
 # Learning presets: "fast" is the one `make demo` uses on a 2-core CPU; "default" is the CLI default.
 # Both also learn the state weights `a` (learn_a): on the exact mixture model that halves the error
@@ -79,10 +80,9 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
                                          seed + LEARN_SEED_OFFSET, labels_learn, guidance, 256, cache_dir,
                                          model.fingerprint, progress=progress, device=model.device)
     cells: list[BenchCell] = []
-    results_path = out_dir / "results.json"
 
     def save_results() -> None:  # after every cell, so an interrupted bench keeps what it measured
-        results_path.write_text(json.dumps([asdict(c) for c in cells], indent=1) + "\n")
+        save_cells(cells, out_dir / "results.json")
     for nfe in nfes:
         shown: dict[str, torch.Tensor] = {}
         for name in baselines:
@@ -121,6 +121,11 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
             save_labelled_rows(rows, list(shown), out_dir / f"samples_nfe{nfe}.png", f"NFE {nfe}, same noise")
     save_results()
     return cells
+
+
+def save_cells(cells: Sequence[BenchCell], path: Path) -> None:
+    """Write cells as the ``results.json`` that :func:`load_cells` reads."""
+    Path(path).write_text(json.dumps([asdict(c) for c in cells], indent=1) + "\n")
 
 
 def cell_from_eval(result: dict[str, Any]) -> BenchCell:

@@ -4,13 +4,13 @@ Metrics (each ``None`` in the result when not asked for):
 
 * ``fd`` - Fréchet distance of the samples' features to the real-data reference
   (``feature_space`` names the features; FID only with Inception);
-For latent models the samples are decoded by the pipeline's VAE before features and images;
-the teacher RMSE stays in latent space.
-
 * ``teacher_rmse`` - RMSE to a many-step teacher's samples from the *same* noise, and
   ``teacher_feature_l2`` - mean L2 distance between their features (a perceptual distance);
 * ``accuracy`` - how often the bundled classifier recognises the requested class (guided
   class-conditional sampling only).
+
+For latent models the samples are decoded by the pipeline's VAE before features and images;
+the teacher RMSE stays in latent space.
 """
 
 from __future__ import annotations
