@@ -34,6 +34,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
 
     from s4s.bench.model import PRESETS, peak_memory_mb
     from s4s.learn.api import learn_with_result
+    from s4s.learn.model_losses import resolve_loss
     from s4s.models import load_model
 
     if args.out.exists() and not (args.force or args.resume):
@@ -47,13 +48,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             options[key] = value
-    feature_fn = None
-    if options.get("loss") == "feature":
-        from s4s.eval.classifier import load_mnist_classifier
-
-        if not model.is_mnist_like or model.is_latent:
-            raise ValueError("loss 'feature' uses the bundled MNIST classifier: only for 1x28x28 pixel-space models")
-        feature_fn = load_mnist_classifier(device=model.device).features
+    options["loss"], feature_fn = resolve_loss(model, options.get("loss"))
     if args.decode_loss and not model.is_latent:
         raise ValueError("--decode-loss needs a latent pipeline (a folder with a vae/ or vqvae/ component)")
     run_dir = args.run_dir or args.out.with_name(args.out.stem + "-run")
@@ -202,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, help="base solver (default auto: best of dpmpp_3m / unipc_bh1 / unipc_bh2 on validation)")
     p.add_argument("--grid", default=None, help="initial grid (default auto: best on validation)")
     p.add_argument("--teacher", default=None, help="NAME:NFE (default from the preset)")
-    p.add_argument("--loss", default=None, choices=list(LOSSES))
+    p.add_argument("--loss", default="auto", choices=["auto", *LOSSES],
+                   help="auto (default): perceptual for 1x28x28 pixel models (the bundled independent MNIST network), "
+                        "else l2")
     p.add_argument("--samples", dest="num_samples", type=int, default=None, help="teacher samples (25%% validation)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)

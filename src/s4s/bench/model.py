@@ -23,6 +23,7 @@ from s4s.eval.frechet import FeatureStats, frechet_distance
 from s4s.eval.images import save_labelled_rows
 from s4s.eval.runner import batched, evaluate, generate, sampling_labels
 from s4s.learn.api import LEARN_SEED_OFFSET, learn_with_result
+from s4s.learn.model_losses import resolve_loss
 from s4s.learn.teacher import make_teacher_data
 from s4s.models import LoadedModel
 from s4s.plotting import line_plot
@@ -70,6 +71,7 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
     out_dir.mkdir(parents=True, exist_ok=True)
     feature_net = feature_network_for(model.image_shape, device=model.device)
     options = {**PRESETS[preset], **(learn_options or {})}
+    options["loss"], feature_fn = resolve_loss(model, options.get("loss"))
     teacher = options.pop("teacher")
     num_learn = options.pop("num_samples")
     metrics = ["fd"] + (["teacher"] if teacher_metric else [])
@@ -105,16 +107,16 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
             run_dir = out_dir / f"{method}-nfe{nfe}"
             res = learn_with_result(model.denoiser, model.schedule, nfe, model.sample_shape, method=method,
                                     guidance=guidance, seed=seed, run_dir=run_dir, progress=progress,
-                                    teacher_data=teacher_data, device=model.device, **options)
+                                    teacher_data=teacher_data, device=model.device, feature_fn=feature_fn, **options)
             path = res.solver.save(out_dir / f"{method}-nfe{nfe}.json")
             r = evaluate(model, res.solver, num_samples, seed, guidance, metrics, teacher, feature_net=feature_net,
                          cache_dir=cache_dir, progress=progress, solver_label=method)
-            cells.append(BenchCell(method, "learned", nfe, f"learned from {res.solver.metadata['base']}/"
+            cells.append(BenchCell(learned_label(res.solver.metadata), "learned", nfe, f"learned from {res.solver.metadata['base']}/"
                                    f"{res.solver.metadata['grid_init']}", r["fd"], r["teacher_rmse"], r["seconds"],
                                    res.seconds, str(path)))
             save_results()
             log.info("NFE %d %s: FD %.3f (learned in %.0f s)", nfe, method, r["fd"], res.seconds)
-            shown[method] = res.solver
+            shown[learned_label(res.solver.metadata)] = res.solver
         if shown and image_count:
             labels = sampling_labels(model, image_count, guidance)
             rows = [generate(model, s, image_count, seed, guidance, image_count, False, labels) for s in shown.values()]
@@ -128,6 +130,12 @@ def save_cells(cells: Sequence[BenchCell], path: Path) -> None:
     Path(path).write_text(json.dumps([asdict(c) for c in cells], indent=1) + "\n")
 
 
+def learned_label(meta: dict[str, Any]) -> str:
+    """Table label of a learned solver: its method, with the loss when it is not L2."""
+    loss = meta.get("loss", "l2")
+    return meta["method"] if loss == "l2" else f"{meta['method']} ({loss})"
+
+
 def cell_from_eval(result: dict[str, Any]) -> BenchCell:
     """A bench cell from one ``s4s eval --json`` result; a learned solver file named by its
     ``solver`` key gives the method and base (as ``s4s bench`` labels learned cells)."""
@@ -138,9 +146,7 @@ def cell_from_eval(result: dict[str, Any]) -> BenchCell:
     if path.suffix == ".json" and path.is_file():
         meta = Solver.load(path).metadata
         if meta.get("method") in METHODS:
-            loss = meta.get("loss", "l2")
-            method = meta["method"] if loss == "l2" else f"{meta['method']} ({loss})"
-            return BenchCell(method, "learned", int(result["nfe"]), f"learned from {meta.get('base')}/"
+            return BenchCell(learned_label(meta), "learned", int(result["nfe"]), f"learned from {meta.get('base')}/"
                              f"{meta.get('grid_init')}", result["fd"], result.get("teacher_rmse"), result["seconds"],
                              solver_file=str(path))
     return BenchCell(label, "baseline", int(result["nfe"]), str(result.get("grid", "")), result["fd"],

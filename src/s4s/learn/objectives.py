@@ -5,7 +5,10 @@ All return one value per sample (shape ``(B,)``), averaged by the trainer:
 * ``l2``: mean squared error per sample;  ``l1``: mean absolute error;
 * ``pseudo_huber``: ``sqrt(||x - y||^2 + c^2) - c`` with ``c = 0.00054 sqrt(d)`` (Song & Dhariwal 2023);
 * ``feature``: squared L2 between ``f(x)`` and ``f(y)`` for any differentiable module ``f`` (e.g. the
-  bundled MNIST classifier's features);
+  bundled MNIST classifier's features), averaged over feature dimensions;
+* ``perceptual``: ``||f(x) - f(y)||^2`` summed, for an LPIPS-style ``f`` whose squared distance is
+  already the perceptual distance (:meth:`s4s.eval.perceptual.MnistPerceptualNet.features`: the bundled
+  MNIST network that is independent of the FD classifier);
 * ``lpips``: LPIPS, only when the ``lpips`` package and its weights are present locally.
 """
 
@@ -39,11 +42,11 @@ def pseudo_huber(x: Tensor, y: Tensor) -> Tensor:
     return torch.sqrt(d.pow(2).sum(1) + c * c) - c
 
 
-LOSSES = ("l2", "l1", "pseudo_huber", "feature", "lpips")
+LOSSES = ("l2", "l1", "pseudo_huber", "feature", "perceptual", "lpips")
 
 
 def make_distance(name: str, feature_fn: Optional[Callable[[Tensor], Tensor]] = None) -> Distance:
-    """The distance called ``name`` (``feature`` needs ``feature_fn``)."""
+    """The distance called ``name`` (``feature`` and ``perceptual`` need ``feature_fn``)."""
     if name == "l2":
         return l2
     if name == "l1":
@@ -54,6 +57,11 @@ def make_distance(name: str, feature_fn: Optional[Callable[[Tensor], Tensor]] = 
         if feature_fn is None:
             raise ValueError("loss 'feature' needs a feature network (e.g. the bundled MNIST classifier's features)")
         return lambda x, y: _flat(feature_fn(x) - feature_fn(y)).pow(2).mean(1)
+    if name == "perceptual":
+        if feature_fn is None:
+            raise ValueError("loss 'perceptual' needs a perceptual feature network (for MNIST-like images: "
+                             "s4s.eval.perceptual.load_mnist_perceptual().features)")
+        return lambda x, y: _flat(feature_fn(x) - feature_fn(y)).pow(2).sum(1)
     if name == "lpips":
         try:
             import lpips  # type: ignore[import-not-found]
