@@ -121,7 +121,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                             preset="fast", cache_dir=default_cache_dir() / "teacher")
     notes = [f"Bundled MNIST UNet, unconditional (null label). FD in MNIST classifier features, {args.num_samples} "
              "samples per cell (a quick demo: `s4s bench` for the 10k-sample table); baselines on the time-uniform grid "
-             "(the best grid for this model's validation loss). S4S-Alt learned with the 'fast' preset. Sample grids "
+             "(the best grid for this model's validation loss). S4S-Alt learned with the 'fast' preset and the default "
+             "loss (perceptual: an MNIST network independent of the FD classifier). Sample grids "
              "side by side: " + ", ".join(str(args.out / f"samples_nfe{n}.png") for n in args.nfe)]
     print(markdown_table(cells, "s4s demo: S4S-Alt vs hand-designed solvers", notes))
     print(f"total time {time.time() - t0:.0f} s, peak memory {peak_memory_mb():.0f} MB")

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["TeacherData", "make_teacher_data", "parse_teacher", "sample_noise", "DEFAULT_TEACHER"]
 
-DEFAULT_TEACHER = "unipc_bh2:100"
+DEFAULT_TEACHER = "unipc_bh2:50"
 
 
 def parse_teacher(spec: str) -> tuple[str, int]:

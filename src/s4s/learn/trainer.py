@@ -109,15 +109,17 @@ class LearnResult:
 
 
 def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], distance, data: TeacherData,
-                  batch_size: int, also_mse: bool = False):
-    """Mean ``distance`` over ``data`` (and the mean squared error too with ``also_mse``)."""
+                  batch_size: int, also_mse: bool = False, clip: Optional[tuple[float, float]] = None):
+    """Mean ``distance`` over ``data`` (and the mean squared error too with ``also_mse``, of the outputs
+    clamped to ``clip`` when given: the model's data range, i.e. the images a user gets)."""
     total, mse, n = 0.0, 0.0, len(data)
     with torch.no_grad():
         for i in range(0, n, batch_size):
             cond = None if data.cond is None else data.cond[i:i + batch_size]
             out = solver_fn(data.x_T[i:i + batch_size], cond)
             total += float(distance(out, data.x0[i:i + batch_size]).sum())
-            mse += float((out - data.x0[i:i + batch_size]).pow(2).reshape(out.shape[0], -1).mean(1).sum())
+            shown = out if clip is None else out.clamp(*clip)
+            mse += float((shown - data.x0[i:i + batch_size]).pow(2).reshape(out.shape[0], -1).mean(1).sum())
     return (total / n, mse / n) if also_mse else total / n
 
 
@@ -193,7 +195,7 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
         """(validation objective, validation MSE) of the current solver on held-out noise."""
         solver = model.to_solver()
         return _batched_loss(lambda x, c: solver.sample(denoiser, x, c, config.guidance), distance, val,
-                             4 * config.batch_size, also_mse=True)
+                             4 * config.batch_size, also_mse=True, clip=getattr(denoiser, "clip_range", None))
 
     step, history = 0, []
     best_val, best_state = math.inf, None
