@@ -88,16 +88,15 @@ def main() -> None:
     weights.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(weights))
     model.load_state_dict({k: v.float() for k, v in state.items()})  # measure what ships (fp16 weights)
+    with torch.no_grad():
+        test_acc = (model(data.test_images).argmax(1) == data.test_labels).float().mean().item()
     if args.network == "perceptual":
-        with torch.no_grad():
-            test_acc = (model(data.test_images).argmax(1) == data.test_labels).float().mean().item()
         metrics = {"test_accuracy": test_acc, "epochs": args.epochs, "seed": args.seed,
                    "feature_dim": int(model.features(data.test_images[:1]).shape[1])}
         weights.with_name("metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         log.info("perceptual network: test accuracy %.4f", test_acc)
         return
     with torch.no_grad():
-        test_acc = (model(data.test_images).argmax(1) == data.test_labels).float().mean().item()
         test_stats = FeatureStats.from_features(model.features(data.test_images))
         train_stats = FeatureStats.from_features(model.features(data.train_images[:10000]))
     test_stats.save(out / REFERENCE_STATS_FILE)

@@ -114,12 +114,13 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
             path = res.solver.save(out_dir / f"{method}-nfe{nfe}.json")
             r = evaluate(model, res.solver, num_samples, seed, guidance, metrics, teacher, feature_net=feature_net,
                          cache_dir=cache_dir, progress=progress, solver_label=method)
-            cells.append(BenchCell(learned_label(res.solver.metadata), "learned", nfe, f"learned from {res.solver.metadata['base']}/"
+            label = learned_label(res.solver.metadata)
+            cells.append(BenchCell(label, "learned", nfe, f"learned from {res.solver.metadata['base']}/"
                                    f"{res.solver.metadata['grid_init']}", r["fd"], r["teacher_rmse"], r["seconds"],
                                    res.seconds, str(path)))
             save_results()
             log.info("NFE %d %s: FD %.3f (learned in %.0f s)", nfe, method, r["fd"], res.seconds)
-            shown[learned_label(res.solver.metadata)] = res.solver
+            shown[label] = res.solver
         if shown and image_count:
             labels = sampling_labels(model, image_count, guidance)
             rows = [generate(model, s, image_count, seed, guidance, image_count, False, labels) for s in shown.values()]
