@@ -47,11 +47,17 @@ def test_s4s_beats_its_base_and_alt_beats_s4s_on_held_out_noise(setup, learned):
 
 def test_step_zero_is_the_base_solver(setup):
     schedule, den, _, test = setup
-    for base, corrector in [("dpmpp_3m", False), ("unipc_bh2", True), ("dpmpp_3m", True)]:
+    # every method starts from the base exactly as `s4s.baseline` runs it: UniPC keeps its UniC
+    # corrector even when only the predictor is learned
+    for base, corrector in [("dpmpp_3m", False), ("dpmpp_3m", True), ("unipc_bh2", False), ("unipc_bh2", True),
+                            ("unipc_bh1", False)]:
         grid = s4s.make_grid("logsnr", schedule, 5)
-        solver = LearnableSolver(schedule, base, grid, corrector=corrector).to_solver()
-        ref = s4s.baseline(base, schedule, 5, grid=grid, **({"corrector": corrector} if base.startswith("unipc") else {}))
+        learnable = LearnableSolver(schedule, base, grid, corrector=corrector)
+        solver = learnable.to_solver()
+        ref = s4s.baseline(base, schedule, 5, grid=grid)
         torch.testing.assert_close(solver.sample(den, test[0]), ref.sample(den, test[0]), rtol=1e-9, atol=1e-9)
+        assert solver.tables.has_corrector == (corrector or base.startswith("unipc"))
+        assert (learnable.dbc is not None) == corrector
 
 
 def test_learned_solver_save_load_sample_identical(tmp_path, setup, learned):
@@ -111,7 +117,7 @@ def test_pc_and_joint_variants_improve_on_their_start(setup):
         cfg = LearnConfig(nfe=4, method=method, base="unipc_bh2", grid="quadratic", steps=60, batch_size=64, val_every=20)
         res = train_solver(den, schedule, train, val, cfg, progress=False)
         assert res.solver.metadata["val_loss"] < res.solver.metadata["base_val_loss"]
-        assert res.solver.tables.has_corrector == (method == "s4s-pc")
+        assert res.solver.tables.has_corrector  # UniPC's corrector is kept (and learned only by -pc)
 
 
 def test_bad_arguments_fail_fast(setup):

@@ -10,6 +10,10 @@ The grid is monotone with fixed end points by construction, in half log-SNR::
     lam_i = lam_T + (lam_min - lam_T) * sum_{k<i} softmax(logits)_k
 
 Model-input times are decoupled: ``s_i = t(clamp(lam_i + shift_i))`` with ``shift = 0`` at start.
+
+Correctors: a base that has its own corrector (UniPC's UniC) keeps it in every method, so step 0
+*is* the base solver as users run it; ``corrector=True`` (the ``-pc`` methods) makes the corrector
+rows learnable too, and otherwise they stay the base's (recomputed from the grid, not learned).
 Bases without a corrector start the PC form from the identity correction (``ac, bc`` = the
 predictor row), so step 0 is still exactly the base solver.
 """
@@ -45,8 +49,9 @@ class LearnableSolver(nn.Module):
             raise ValueError(f"unknown base solver {base!r}; choose from {sorted(BASELINES)}")
         self.schedule, self.base, self.corrector, self.learn_a = schedule, base, corrector, learn_a
         self.base_options = dict(base_options or {})
-        if "corrector" in inspect.signature(BASELINES[base]).parameters:
-            self.base_options["corrector"] = corrector
+        params = inspect.signature(BASELINES[base]).parameters
+        if "corrector" in params:  # keep the base's own corrector (UniC) unless the caller says otherwise
+            self.base_options.setdefault("corrector", params["corrector"].default or corrector)
         grid = torch.as_tensor(grid, dtype=torch.float64)
         n = grid.numel() - 1
         lam = schedule.lam(grid)
@@ -91,10 +96,10 @@ class LearnableSolver(nn.Module):
             base = _identity_corrector(base)
         a = base.a + (self.da * self.mask_pred if self.da is not None else 0)
         b = base.b + self.db * self.mask_pred
-        ac = bc = None
-        if self.corrector and self.nfe > 1:
-            ac = base.ac + (self.dac * self.mask_corr_a if self.dac is not None else 0)
-            bc = base.bc + self.dbc * self.mask_corr_b
+        ac, bc = base.ac, base.bc  # the base's own corrector, if any, is kept as it is
+        if self.dbc is not None:
+            ac = ac + (self.dac * self.mask_corr_a if self.dac is not None else 0)
+            bc = bc + self.dbc * self.mask_corr_b
         return t, s, Tables(a, b, ac, bc)
 
     def to_solver(self, metadata: Optional[dict[str, Any]] = None) -> Solver:
