@@ -37,8 +37,10 @@ def test_latent_pipeline_learns_and_samples_end_to_end(tmp_path, latent_pipeline
     out = tmp_path / "solver.json"
     args = ["learn", "--model", str(latent_pipeline), "--nfe", "3", "--method", "s4s-alt", "--preset", "fast",
             "--teacher", "ddim:8", "--samples", "16", "--steps", "4", "--batch-size", "4", "--grid", "time",
-            "--base", "dpmpp_3m", "--out", str(out), "--no-cache"] + (["--decode-loss"] if decode_loss else [])
+            "--base", "dpmpp_3m", "--out", str(out), "--no-cache"] + (["--decode-loss", "--no-learn-a"] if decode_loss else [])
     assert main(args) == 0
+    config = json.loads((tmp_path / "solver-run" / "config.json").read_text())
+    assert config["learn_a"] is not decode_loss  # the preset's learn_a, or the flag's
     assert "learned s4s-alt NFE 3" in capsys.readouterr().out
     saved = json.loads(out.read_text())
     assert saved["nfe"] == 3 and saved["metadata"].get("loss_space") == ("decoded" if decode_loss else None)

@@ -44,7 +44,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     t0 = time.time()
     model = load_model(args.model, device=resolve_device(args.device))
     options = dict(PRESETS[args.preset])
-    for key in ("teacher", "num_samples", "steps", "batch_size", "lr", "loss", "ball_radius", "base", "grid"):
+    for key in ("teacher", "num_samples", "steps", "batch_size", "lr", "loss", "ball_radius", "base", "grid", "learn_a"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--ball-radius", type=float, default=None, help="relaxed objective radius r (x sigma_T); 0 = plain")
+    p.add_argument("--learn-a", action=argparse.BooleanOptionalAction, default=None,
+                   help="also learn the state weights a (default from the preset: on; --no-learn-a is the paper's form)")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--decode-loss", action="store_true", help="latent pipelines: decode before the loss (default: latent loss)")
     p.add_argument("--preset", choices=["default", "fast"], default="default")
