@@ -8,7 +8,8 @@ steps and projection.
 
 Methods:
 
-* ``s4s``       - predictor coefficients (linear multistep), grid fixed;
+* ``s4s``       - predictor coefficients (linear multistep), grid fixed; a base with its own
+  corrector (UniPC) keeps it, recomputed from the grid but not learned;
 * ``s4s-pc``    - predictor and corrector coefficients, grid fixed;
 * ``s4s-alt``   - alternating rounds: coefficients (grid fixed), then grid + input times
   (coefficients fixed); ``s4s-alt-pc`` the same in predictor-corrector form;
