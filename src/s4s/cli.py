@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, default="s4s-alt")
     p.add_argument("--base", default=None, help="base solver (default auto: best of dpmpp_3m / unipc_bh1 / unipc_bh2 on validation)")
     p.add_argument("--grid", default=None, help="initial grid (default auto: best on validation)")
-    p.add_argument("--teacher", default=None, help="NAME:NFE (default from the preset)")
+    p.add_argument("--teacher", default=None,
+                   help="NAME:NFE (a baseline) or rk45:TOL (adaptive Dormand-Prince to a tolerance); default from the preset")
     p.add_argument("--loss", default="auto", choices=["auto", *LOSSES],
                    help="auto (default): perceptual for 1x28x28 pixel models (the bundled independent MNIST network), "
                         "else l2")
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (class-balanced labels)")
     p.add_argument("--metrics", default="fd", help="comma list of: fd, teacher")
-    p.add_argument("--teacher", default="unipc_bh2:100", help="NAME:NFE of the reference solver for --metrics teacher")
+    p.add_argument("--teacher", default="unipc_bh2:100", help="NAME:NFE or rk45:TOL, the reference solver for --metrics teacher")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights for RGB FID")
     p.add_argument("--reference-stats", type=Path, default=None, help="npz (mean, cov, count) of real-data features")

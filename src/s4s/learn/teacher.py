@@ -21,22 +21,46 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from s4s.adaptive import rk45_sample
 from s4s.baselines import baseline
 from s4s.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TeacherData", "make_teacher_data", "parse_teacher", "sample_noise", "DEFAULT_TEACHER"]
+__all__ = ["TeacherData", "make_teacher_data", "parse_teacher", "teacher_sampler", "sample_noise", "DEFAULT_TEACHER"]
 
 DEFAULT_TEACHER = "unipc_bh2:50"
 
 
-def parse_teacher(spec: str) -> tuple[str, int]:
-    """``"NAME:NFE"`` -> ``(name, nfe)``; e.g. ``"unipc_bh2:100"``."""
-    name, sep, nfe = spec.partition(":")
-    if not sep or not nfe.isdigit() or int(nfe) < 1:
-        raise ValueError(f"teacher must look like NAME:NFE (e.g. {DEFAULT_TEACHER!r}), got {spec!r}")
-    return name, int(nfe)
+RK45_DEFAULT_TOL = 1e-4
+
+
+def parse_teacher(spec: str) -> tuple[str, float]:
+    """``"NAME:NFE"`` -> ``(name, nfe)`` for a baseline (e.g. ``"unipc_bh2:100"``), or ``"rk45[:TOL]"``
+    -> ``("rk45", tol)`` for the adaptive Dormand-Prince teacher (default tolerance 1e-4)."""
+    name, sep, value = spec.partition(":")
+    if name == "rk45":
+        try:
+            tol = float(value) if sep else RK45_DEFAULT_TOL
+        except ValueError:
+            tol = -1.0
+        if not (0 < tol < 1):
+            raise ValueError(f"rk45 teacher tolerance must be a number in (0, 1), e.g. 'rk45:1e-4'; got {spec!r}")
+        return name, tol
+    if not sep or not value.isdigit() or int(value) < 1:
+        raise ValueError(f"teacher must look like NAME:NFE (e.g. {DEFAULT_TEACHER!r}) or rk45:TOL, got {spec!r}")
+    return name, int(value)
+
+
+def teacher_sampler(spec: str, schedule: Schedule, grid: str = "logsnr"
+                    ) -> Callable[[Callable[..., Tensor], Tensor, Any, Optional[float]], tuple[Tensor, int]]:
+    """``sample(denoiser, x_T, cond, guidance) -> (x0, model_calls)`` for a teacher spec (see
+    :func:`parse_teacher`): a baseline on ``grid`` at a fixed NFE, or RK45 to a tolerance."""
+    name, value = parse_teacher(spec)
+    if name == "rk45":
+        return lambda den, x, cond, guidance: rk45_sample(den, x, schedule, cond, guidance, rtol=value, atol=value)
+    solver = baseline(name, schedule, int(value), grid=grid)
+    return lambda den, x, cond, guidance: (solver.sample(den, x, cond, guidance), solver.nfe)
 
 
 def sample_noise(schedule: Schedule, num_samples: int, shape: tuple[int, ...], seed: int,
@@ -80,8 +104,7 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
                       fingerprint: Optional[str] = None, grid: str = "logsnr", progress: bool = True,
                       device: torch.device | str = "cpu") -> TeacherData:
     """Run the teacher on ``num_samples`` seeded noises (batched, cached and resumable when ``cache_dir``)."""
-    name, nfe = parse_teacher(teacher)
-    solver = baseline(name, schedule, nfe, grid=grid)
+    sampler = teacher_sampler(teacher, schedule, grid)
     x_T = sample_noise(schedule, num_samples, shape, seed)
     if labels is not None and labels.shape[0] != num_samples:
         raise ValueError(f"{labels.shape[0]} labels for {num_samples} samples")
@@ -102,7 +125,7 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
                 raise ValueError(f"teacher cache {folder} was made for a different request; delete it or use another cache_dir")
         else:
             meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    outs = []
+    outs, calls, computed = [], 0, 0
     starts = list(range(0, num_samples, batch_size))
     t0 = time.time()
     for start in tqdm(starts, desc=f"teacher {teacher}", disable=not progress):
@@ -113,13 +136,15 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
             continue
         cond = None if labels is None else labels[start:stop].to(device)
         with torch.no_grad():
-            x0 = solver.sample(denoiser, x_T[start:stop].to(device), cond, guidance).cpu()
+            x0, batch_calls = sampler(denoiser, x_T[start:stop].to(device), cond, guidance)
+            x0, calls, computed = x0.cpu(), calls + batch_calls, computed + 1
         if not bool(torch.isfinite(x0).all()):
             raise FloatingPointError(f"teacher {teacher} produced NaN/inf in samples {start}..{stop}")
         if path is not None:
             torch.save(x0, path.with_suffix(".tmp"))
             path.with_suffix(".tmp").rename(path)  # atomic: an interrupted batch is redone, never half-read
         outs.append(x0)
-    log.info("teacher %s: %d samples in %.1f s%s", teacher, num_samples, time.time() - t0,
+    log.info("teacher %s: %d samples in %.1f s%s%s", teacher, num_samples, time.time() - t0,
+             f", {calls / computed:.0f} model calls per batch" if computed else "",
              f" (cache {folder})" if folder else "")
     return TeacherData(x_T, labels, torch.cat(outs), meta)
