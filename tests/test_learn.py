@@ -123,7 +123,8 @@ def test_pc_and_joint_variants_improve_on_their_start(setup):
 def test_bad_arguments_fail_fast(setup):
     schedule, den, (train, val), _ = setup
     for kw, msg in [(dict(nfe=0), "nfe"), (dict(nfe=4, method="magic"), "unknown method"),
-                    (dict(nfe=4, base="rk4"), "unknown base"), (dict(nfe=4, grid="weird"), "unknown grid")]:
+                    (dict(nfe=4, base="rk4"), "unknown base"), (dict(nfe=4, grid="weird"), "unknown grid"),
+                    (dict(nfe=4, lr_decay="linear"), "unknown lr_decay")]:
         with pytest.raises(ValueError, match=msg):
             train_solver(den, schedule, train, val, LearnConfig(**kw), progress=False)
     with pytest.raises(ValueError, match="unknown loss"):
@@ -173,3 +174,13 @@ def test_explicit_device_gives_the_same_run(setup):
     moved = train_solver(den, schedule, train, val, LearnConfig(**cfg), progress=False, device="cpu")
     assert [h["val_loss"] for h in moved.history] == [h["val_loss"] for h in plain.history]
     assert torch.equal(moved.solver.tables.b, plain.solver.tables.b)
+
+
+def test_learning_rate_warm_up_and_cosine_decay():
+    from s4s.learn.trainer import _lr_factor
+
+    assert [_lr_factor(k, 4) for k in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert _lr_factor(10, 4, step=50, steps=100, decay="cosine") == pytest.approx(0.5)
+    assert _lr_factor(10, 4, step=25, steps=100, decay="cosine") == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+    assert _lr_factor(0, 4, step=100, steps=100, decay="cosine") == pytest.approx(0.0)
+    assert _lr_factor(10, 4, step=50, steps=100) == 1.0

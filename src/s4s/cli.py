@@ -44,7 +44,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     t0 = time.time()
     model = load_model(args.model, device=resolve_device(args.device))
     options = dict(PRESETS[args.preset])
-    for key in ("teacher", "num_samples", "steps", "batch_size", "lr", "loss", "ball_radius", "base", "grid", "learn_a"):
+    for key in ("teacher", "num_samples", "steps", "batch_size", "lr", "loss", "ball_radius", "base", "grid", "learn_a",
+                "lr_decay"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
@@ -206,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr-decay", choices=["constant", "cosine"], default=None,
+                   help="learning-rate decay after warm-up (default from the preset)")
     p.add_argument("--ball-radius", type=float, default=None, help="relaxed objective radius r (x sigma_T); 0 = plain")
     p.add_argument("--learn-a", action=argparse.BooleanOptionalAction, default=None,
                    help="also learn the state weights a (default from the preset: on; --no-learn-a is the paper's form)")

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["LearnConfig", "LearnResult", "METHODS", "train_solver", "choose_base"]
 
+LR_DECAYS = ("constant", "cosine")
 METHODS = ("s4s", "s4s-pc", "s4s-alt", "s4s-alt-pc", "s4s-joint")
 BASE_CANDIDATES = ("dpmpp_3m", "unipc_bh1", "unipc_bh2")  # UniPC-bh1 is often best at NFE <= 6
 
@@ -69,6 +70,7 @@ class LearnConfig:
     lr: float = 1e-2              # coefficient residuals
     grid_lr: float = 2e-2         # grid logits and input-time shifts
     warmup: int = 10
+    lr_decay: str = "constant"    # or "cosine": after warm-up, lr * (1 + cos(pi * step / steps)) / 2
     alt_round: int = 25           # steps per round for S4S-Alt
     val_every: int = 25
     ball_radius: float = 0.0
@@ -87,6 +89,8 @@ class LearnConfig:
             raise ValueError(f"unknown base {self.base!r}; choose 'auto' or one of {sorted(BASELINES)}")
         if self.grid != "auto" and self.grid not in GRIDS:
             raise ValueError(f"unknown grid {self.grid!r}; choose 'auto' or one of {sorted(GRIDS)}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"unknown lr_decay {self.lr_decay!r}; choose from {list(LR_DECAYS)}")
         for name in ("steps", "batch_size", "val_every", "alt_round"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -142,8 +146,13 @@ def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: TeacherD
     return base, grid, losses
 
 
-def _lr_factor(step: int, warmup: int) -> float:
-    return min(1.0, (step + 1) / max(warmup, 1))
+def _lr_factor(phase_step: int, warmup: int, step: int = 0, steps: int = 1, decay: str = "constant") -> float:
+    """Linear warm-up over a parameter group's first ``warmup`` updates (``phase_step``), times the decay
+    at the run's global ``step`` of ``steps``: 1 (constant) or ``(1 + cos(pi * step / steps)) / 2`` (cosine)."""
+    factor = min(1.0, (phase_step + 1) / max(warmup, 1))
+    if decay == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+    return factor
 
 
 def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherData, config: LearnConfig,
@@ -242,12 +251,12 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
         loss.backward()
         if phase in ("coefficients", "joint"):
             for g in coef_opt.param_groups:
-                g["lr"] = config.lr * _lr_factor(coef_steps, config.warmup)
+                g["lr"] = config.lr * _lr_factor(coef_steps, config.warmup, step, config.steps, config.lr_decay)
             coef_opt.step()
             coef_steps += 1
         if phase in ("grid", "joint") and grid_opt is not None:
             for g in grid_opt.param_groups:
-                g["lr"] = config.grid_lr * _lr_factor(grid_steps, config.warmup)
+                g["lr"] = config.grid_lr * _lr_factor(grid_steps, config.warmup, step, config.steps, config.lr_decay)
             grid_opt.step()
             grid_steps += 1
         if x_prime is not None:
