@@ -50,7 +50,7 @@ def test_step_zero_is_the_base_solver(setup):
     # every method starts from the base exactly as `s4s.baseline` runs it: UniPC keeps its UniC
     # corrector even when only the predictor is learned
     for base, corrector in [("dpmpp_3m", False), ("dpmpp_3m", True), ("unipc_bh2", False), ("unipc_bh2", True),
-                            ("unipc_bh1", False)]:
+                            ("unipc_bh1", False), ("unip_bh2", False), ("unip_bh1", True)]:
         grid = s4s.make_grid("logsnr", schedule, 5)
         learnable = LearnableSolver(schedule, base, grid, corrector=corrector)
         solver = learnable.to_solver()
@@ -184,3 +184,15 @@ def test_learning_rate_warm_up_and_cosine_decay():
     assert _lr_factor(10, 4, step=25, steps=100, decay="cosine") == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
     assert _lr_factor(0, 4, step=100, steps=100, decay="cosine") == pytest.approx(0.0)
     assert _lr_factor(10, 4, step=50, steps=100) == 1.0
+
+
+def test_auto_base_is_predictor_only_for_lms_methods_and_unipc_for_pc(setup):
+    from s4s.learn.objectives import make_distance
+    from s4s.learn.trainer import choose_base
+
+    schedule, den, (_, val), _ = setup
+    for method, expected in [("s4s-alt", {"dpmpp_3m", "unip_bh1", "unip_bh2"}),
+                             ("s4s-pc", {"dpmpp_3m", "unipc_bh1", "unipc_bh2"})]:
+        base, grid, losses = choose_base(den, schedule, LearnConfig(nfe=4, method=method, grid="time"), val,
+                                         make_distance("l2"))
+        assert {k.split("/")[0] for k in losses} == expected and losses[f"{base}/{grid}"] == min(losses.values())

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: bundled MNIST UNet)")
     p.add_argument("--nfe", type=int, required=True)
     p.add_argument("--method", choices=METHODS, default="s4s-alt")
-    p.add_argument("--base", default=None, help="base solver (default auto: best of dpmpp_3m / unipc_bh1 / unipc_bh2 on validation)")
+    p.add_argument("--base", default=None, help="base solver (default auto: best on validation of dpmpp_3m / unip_bh1 / unip_bh2, or of dpmpp_3m / unipc_bh1 / unipc_bh2 for the -pc methods)")
     p.add_argument("--grid", default=None, help="initial grid (default auto: best on validation)")
     p.add_argument("--teacher", default=None,
                    help="NAME:NFE (a baseline) or rk45:TOL (adaptive Dormand-Prince to a tolerance); default from the preset")

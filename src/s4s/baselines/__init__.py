@@ -16,14 +16,15 @@ from s4s.baselines.deis import deis
 from s4s.baselines.dpm_solver import ddim, dpmpp_2m, dpmpp_3m, dpmpp_multistep
 from s4s.baselines.heun import HeunSampler
 from s4s.baselines.ipndm import ipndm
-from s4s.baselines.unipc import unipc, unipc_bh1, unipc_bh2
+from s4s.baselines.unipc import unip_bh1, unip_bh2, unipc, unipc_bh1, unipc_bh2
 from s4s.grids import GridSpec, make_grid
 from s4s.schedules import Schedule
 from s4s.solver import Solver, Tables
 
 __all__ = [
     "BASELINES", "baseline", "GridPoints", "HeunSampler", "step_orders", "build_tables",
-    "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_multistep", "unipc", "unipc_bh1", "unipc_bh2", "deis", "ipndm",
+    "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_multistep", "unipc", "unipc_bh1", "unipc_bh2", "unip_bh1", "unip_bh2",
+    "deis", "ipndm",
 ]
 
 BASELINES: dict[str, Callable[..., Tables]] = {
@@ -32,6 +33,8 @@ BASELINES: dict[str, Callable[..., Tables]] = {
     "dpmpp_3m": dpmpp_3m,
     "unipc_bh1": unipc_bh1,
     "unipc_bh2": unipc_bh2,
+    "unip_bh1": unip_bh1,
+    "unip_bh2": unip_bh2,
     "deis": deis,
     "ipndm": ipndm,
 }

@@ -89,3 +89,13 @@ def unipc_bh1(pts: GridPoints, order: int = 3, corrector: bool = True, lower_ord
 def unipc_bh2(pts: GridPoints, order: int = 3, corrector: bool = True, lower_order_final: Optional[bool] = None) -> Tables:
     """UniPC with ``B(h) = e^h - 1`` (diffusers' default variant)."""
     return unipc(pts, order, "bh2", corrector, lower_order_final)
+
+
+def unip_bh1(pts: GridPoints, order: int = 3, lower_order_final: Optional[bool] = None) -> Tables:
+    """UniP-p alone (UniPC-bh1's predictor, no corrector): the linear-multistep base S4S learns from."""
+    return unipc(pts, order, "bh1", False, lower_order_final)
+
+
+def unip_bh2(pts: GridPoints, order: int = 3, lower_order_final: Optional[bool] = None) -> Tables:
+    """UniP-p alone (UniPC-bh2's predictor, no corrector): the linear-multistep base S4S learns from."""
+    return unipc(pts, order, "bh2", False, lower_order_final)
