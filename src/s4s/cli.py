@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     from s4s.learn.objectives import LOSSES
-    from s4s.learn.trainer import METHODS
+    from s4s.learn.trainer import LR_DECAYS, METHODS
 
     p = sub.add_parser("learn", help="learn a solver (S4S / S4S-Alt) for a model and an NFE budget")
     p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: bundled MNIST UNet)")
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--lr-decay", choices=["constant", "cosine"], default=None,
+    p.add_argument("--lr-decay", choices=LR_DECAYS, default=None,
                    help="learning-rate decay after warm-up (default from the preset)")
     p.add_argument("--ball-radius", type=float, default=None, help="relaxed objective radius r (x sigma_T); 0 = plain")
     p.add_argument("--learn-a", action=argparse.BooleanOptionalAction, default=None,

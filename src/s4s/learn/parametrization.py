@@ -51,7 +51,7 @@ class LearnableSolver(nn.Module):
         self.base_options = dict(base_options or {})
         params = inspect.signature(BASELINES[base]).parameters
         if "corrector" in params:  # keep the base's own corrector (UniC) unless the caller says otherwise
-            self.base_options.setdefault("corrector", params["corrector"].default or corrector)
+            self.base_options.setdefault("corrector", params["corrector"].default)
         grid = torch.as_tensor(grid, dtype=torch.float64)
         n = grid.numel() - 1
         lam = schedule.lam(grid)

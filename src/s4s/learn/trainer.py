@@ -50,7 +50,7 @@ from s4s.solver import Solver, integrate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LearnConfig", "LearnResult", "METHODS", "train_solver", "choose_base"]
+__all__ = ["LearnConfig", "LearnResult", "METHODS", "LR_DECAYS", "train_solver", "choose_base"]
 
 LR_DECAYS = ("constant", "cosine")
 METHODS = ("s4s", "s4s-pc", "s4s-alt", "s4s-alt-pc", "s4s-joint")
