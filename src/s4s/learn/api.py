@@ -23,7 +23,7 @@ LEARN_SEED_OFFSET = 1_000_003  # learning noise never overlaps evaluation noise 
 
 
 def learn_with_result(denoiser: Callable[..., Tensor], schedule: Schedule, nfe: int, shape: tuple[int, ...],
-                      method: str = "s4s-alt", teacher: str = DEFAULT_TEACHER, num_samples: int = 512,
+                      method: str = "s4s-alt-pc", teacher: str = DEFAULT_TEACHER, num_samples: int = 512,
                       val_fraction: float = 0.25, labels: Optional[Tensor] = None, guidance: Optional[float] = None,
                       seed: int = 0, cache_dir: Optional[Path] = None, run_dir: Optional[Path] = None,
                       resume: bool = False, progress: bool = True, feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
@@ -68,7 +68,7 @@ def learn(denoiser: Callable[..., Tensor], schedule: Schedule, nfe: int, shape: 
     """Learn an ``nfe``-call solver for ``denoiser`` (S4S / S4S-Alt; see :mod:`s4s.learn.trainer`).
 
     ``shape`` is one sample's shape (e.g. ``(4, 64, 64)``). Keyword arguments: ``method``
-    (``s4s``, ``s4s-pc``, ``s4s-alt``, ``s4s-alt-pc``, ``s4s-joint``), ``teacher`` (``NAME:NFE``),
+    (``s4s``, ``s4s-pc``, ``s4s-alt``, ``s4s-alt-pc`` (default), ``s4s-joint``), ``teacher`` (``NAME:NFE``),
     ``num_samples``, ``labels`` / ``guidance``, ``loss``, ``steps``, ``batch_size``, ``lr``, ``base``,
     ``grid``, ``ball_radius``, ``seed``, ``cache_dir``, ``run_dir``, ``resume``... Returns the
     best-on-validation :class:`~s4s.Solver`, which records the guidance scale it was learned for.
