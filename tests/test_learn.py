@@ -186,6 +186,12 @@ def test_learning_rate_warm_up_and_cosine_decay():
     assert _lr_factor(10, 4, step=50, steps=100) == 1.0
 
 
+def test_default_learning_rate_depends_on_nfe_and_an_explicit_one_wins():
+    """No lr given: 1e-2 up to NFE 6, 2e-3 above (trainer.default_lr); the run's config records it."""
+    assert [LearnConfig(nfe=n).lr for n in (3, 6, 7, 10)] == [1e-2, 1e-2, 2e-3, 2e-3]
+    assert LearnConfig(nfe=10, lr=5e-2).lr == 5e-2
+
+
 def test_auto_base_is_predictor_only_for_lms_methods_and_unipc_for_pc(setup):
     from s4s.learn.objectives import make_distance
     from s4s.learn.trainer import choose_base
