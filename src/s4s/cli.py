@@ -191,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     from s4s.learn.objectives import LOSSES
     from s4s.learn.trainer import LR_DECAYS, METHODS
 
-    p.add_argument("--method", choices=METHODS, default="s4s-alt-pc", help="learning method (default s4s-alt-pc, as `s4s learn`; with the fast preset it "
-                        "scored FD 83.85 / 54.77 at NFE 4 / 5 against 75.04 / 77.88 for s4s-alt, docs/demo)")
+    p.add_argument("--method", choices=METHODS, default="s4s-alt-pc",
+                   help="learning method (default s4s-alt-pc, as `s4s learn`; with the fast preset it scored "
+                        "FD 83.85 / 54.77 at NFE 4 / 5 against 75.04 / 77.88 for s4s-alt, docs/demo)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("learn", help="learn a solver (S4S / S4S-Alt) for a model and an NFE budget")

@@ -68,7 +68,8 @@ def default_lr(nfe: int) -> float:
     Measured on the bundled eps MNIST UNet (S4S, default preset): at NFE 3-6, 1e-2 learns steadily;
     at NFE 8 it made the validation loss jump by up to 7x between checks and the kept solver scored
     FD 38.97 against 32.93 with 2e-3 (base 32.23); at NFE 10 it never beat the base on validation.
-    More steps put more coefficients behind each output, so the same step moves the sample further.
+    Why larger NFE needs smaller steps was not isolated (more coefficients act on each output is one
+    candidate); NFE 7 and 9 were not measured.
     """
     return 1e-2 if nfe <= 6 else 2e-3
 
