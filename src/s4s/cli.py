@@ -182,15 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s4s", description="Learned few-step solvers for diffusion models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("demo", help="the main job: learn S4S-Alt (PC form) at NFE 4 and 5 on the bundled model, "
-                                        "compare with the hand-designed solvers")
-    p.add_argument("--nfe", type=int, nargs="+", default=[4, 5])
-    p.add_argument("--num-samples", type=int, default=1000)
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
     from s4s.learn.objectives import LOSSES
     from s4s.learn.trainer import LR_DECAYS, METHODS
 
+    p = sub.add_parser("demo", help="the main job: learn S4S-Alt (PC form) at NFE 4 and 5 on the bundled model, "
+                                    "compare with the hand-designed solvers")
+    p.add_argument("--nfe", type=int, nargs="+", default=[4, 5])
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--method", choices=METHODS, default="s4s-alt-pc",
                    help="learning method (default s4s-alt-pc, as `s4s learn`; with the fast preset it scored "
                         "FD 83.85 / 54.77 at NFE 4 / 5 against 75.04 / 77.88 for s4s-alt, docs/demo)")

@@ -80,7 +80,7 @@ class LearnConfig:
 
     nfe: int
     method: str = "s4s-alt-pc"
-    base: str = "auto"            # a BASELINES name, or "auto": best of BASE_CANDIDATES on validation
+    base: str = "auto"            # a BASELINES name, or "auto": best on validation of BASE_CANDIDATES(_PC)
     grid: str = "auto"            # a GRIDS name, or "auto": best grid for the base on validation
     loss: str = "l2"
     steps: int = 200
