@@ -22,6 +22,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -63,6 +64,16 @@ def training_pair(x0: torch.Tensor, objective: str, alphas_cumprod: torch.Tensor
     return (1 - tt) * x0 + tt * eps, t * 1000.0, eps - x0
 
 
+def lr_factor(args: argparse.Namespace, step: int, elapsed: float) -> float:
+    """Multiplier of the base learning rate after warm-up: 1, or the cosine 0.5 (1 + cos(pi p)) of progress p."""
+    if args.lr_decay == "none":
+        return 1.0
+    p = step / args.steps
+    if args.max_seconds is not None:
+        p = max(p, elapsed / args.max_seconds)
+    return 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objective", choices=["eps", "flow"], default="eps")
@@ -71,6 +82,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--lr-decay", choices=["none", "cosine"], default="none",
+                   help="cosine: lr follows 0.5 (1 + cos(pi p)) after warm-up, p = the larger of step / --steps and "
+                        "elapsed / --max-seconds, so it reaches 0 when training stops")
     p.add_argument("--p-uncond", type=float, default=0.12)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (random streams differ between devices)")
@@ -119,7 +133,7 @@ def main() -> None:
         xt, t, target = training_pair(x0, args.objective, alphas_cumprod, gen)
         loss = torch.nn.functional.mse_loss(model(xt, t, class_labels=y).sample, target)
         for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup) * lr_factor(args, step, time.time() - t_start)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
