@@ -103,6 +103,8 @@ def test_cli_fails_fast_with_one_clear_line(tmp_path, caplog):
     bad.write_text('{"format": "s4s.solver", "format_version": 7}')
     assert main(["eval", "--solver", str(bad)]) == 2
     assert "format_version" in caplog.text
+    assert main(["bench", "--baselines", "--methods", "--out", str(tmp_path / "b")]) == 2
+    assert "nothing to run" in caplog.text
 
 
 def test_bundled_model_loads_with_plain_diffusers_and_s4s():

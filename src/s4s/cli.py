@@ -75,6 +75,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from s4s.bench.model import markdown_table, plot_fd, run_model_bench
     from s4s.models import load_model
 
+    if not args.baselines and not args.methods:
+        raise ValueError("s4s bench: nothing to run (--baselines and --methods are both empty)")
     model = load_model(args.model, device=resolve_device(args.device))
     cells = run_model_bench(model, args.nfe, args.baselines, args.grids, args.methods, args.num_samples, args.out,
                             seed=args.seed, guidance=args.guidance, preset=args.preset,
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nfe", type=int, required=True)
     p.add_argument("--method", choices=METHODS, default="s4s-alt-pc",
                    help="default s4s-alt-pc: on the bundled model it beat s4s-alt at NFE 4 (FD 31.28 vs 42.88) and "
-                        "NFE 5 (29.23 vs 33.04), docs/bench_mnist")
+                        "NFE 5 (29.23 vs 33.04) on the stage-2 bundled model, docs/bench_mnist_stage2")
     p.add_argument("--base", default=None, help="base solver (default auto: best on validation of dpmpp_3m / unip_bh1 / unip_bh2, or of dpmpp_3m / unipc_bh1 / unipc_bh2 for the -pc methods)")
     p.add_argument("--grid", default=None, help="initial grid (default auto: best on validation)")
     p.add_argument("--teacher", default=None,

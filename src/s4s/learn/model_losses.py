@@ -6,7 +6,7 @@ L2 elsewhere:
 * 1x28x28 pixel-space models (the bundled MNIST models, or any model with MNIST-like samples):
   ``perceptual`` with :class:`s4s.eval.perceptual.MnistPerceptualNet`, a network *independent* of the
   FD classifier, so the metric still judges the solver with features it never trained on. On the
-  bundled eps model S4S-Alt at NFE 5 goes from FD 51.85 (L2) to 33.04 (docs/bench_mnist/README.md).
+  stage-2 bundled eps model S4S-Alt at NFE 5 went from FD 51.85 (L2) to 33.04 (docs/bench_mnist_stage2).
 * everything else (RGB, latent pipelines): ``l2`` (``lpips`` needs its weights locally; pass it
   explicitly).
 

@@ -55,8 +55,8 @@ __all__ = ["LearnConfig", "LearnResult", "METHODS", "LR_DECAYS", "train_solver",
 LR_DECAYS = ("constant", "cosine")
 METHODS = ("s4s", "s4s-pc", "s4s-alt", "s4s-alt-pc", "s4s-joint")
 # Bases "auto" chooses from. Linear-multistep methods start from predictor-only solvers (UniP, not
-# UniPC): on the bundled eps MNIST UNet, S4S-Alt learned from UniPC with its corrector kept fixed
-# scored FD 39.35 (NFE 5) and 35.43 (NFE 6) against 33.04 and 28.16 from UniP (docs/bench_mnist).
+# UniPC): on the stage-2 bundled eps MNIST UNet, S4S-Alt learned from UniPC with its corrector kept fixed
+# scored FD 39.35 (NFE 5) and 35.43 (NFE 6) against 33.04 and 28.16 from UniP (docs/bench_mnist_stage2).
 # The -pc methods learn a corrector and start from UniPC itself.
 BASE_CANDIDATES = ("dpmpp_3m", "unip_bh1", "unip_bh2")
 BASE_CANDIDATES_PC = ("dpmpp_3m", "unipc_bh1", "unipc_bh2")
@@ -65,9 +65,10 @@ BASE_CANDIDATES_PC = ("dpmpp_3m", "unipc_bh1", "unipc_bh2")
 def default_lr(nfe: int) -> float:
     """Adam learning rate of the coefficient residuals when none is given: 1e-2 up to NFE 6, 2e-3 above.
 
-    Measured on the bundled eps MNIST UNet (S4S, default preset): at NFE 3-6, 1e-2 learns steadily;
-    at NFE 8 it made the validation loss jump by up to 7x between checks and the kept solver scored
-    FD 38.97 against 32.93 with 2e-3 (base 32.23); at NFE 10 it never beat the base on validation.
+    Measured on the stage-2 bundled eps MNIST UNet (S4S, default preset, docs/bench_mnist_stage2): at
+    NFE 3-6, 1e-2 learns steadily; at NFE 8 it made the validation loss jump by up to 7x between
+    checks and the kept solver scored FD 38.97 against 32.93 with 2e-3 (base 32.23); at NFE 10 it
+    never beat the base on validation.
     Why larger NFE needs smaller steps was not isolated (more coefficients act on each output is one
     candidate); NFE 7 and 9 were not measured.
     """
