@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: bundled MNIST UNet)")
     p.add_argument("--nfe", type=int, required=True)
     p.add_argument("--method", choices=METHODS, default="s4s-alt-pc",
-                   help="default s4s-alt-pc: on the bundled model it beat s4s-alt at NFE 4 (FD 31.28 vs 42.88) and "
-                        "NFE 5 (29.23 vs 33.04) on the stage-2 bundled model, docs/bench_mnist_stage2")
+                   help="default s4s-alt-pc: on the stage-2 bundled model it beat s4s-alt at NFE 4 (FD 31.28 vs "
+                        "42.88) and NFE 5 (29.23 vs 33.04); on the current one the two are level at NFE 5 (19.70 vs "
+                        "18.86), docs/bench_mnist")
     p.add_argument("--base", default=None, help="base solver (default auto: best on validation of dpmpp_3m / unip_bh1 / unip_bh2, or of dpmpp_3m / unipc_bh1 / unipc_bh2 for the -pc methods)")
     p.add_argument("--grid", default=None, help="initial grid (default auto: best on validation)")
     p.add_argument("--teacher", default=None,
