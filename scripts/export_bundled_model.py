@@ -29,7 +29,7 @@ def main() -> None:
     unet.save_pretrained(str(args.dst))
     if info["objective"] == "eps":
         sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                              prediction_type="epsilon", clip_sample=False)
+                              prediction_type="epsilon", clip_sample=True)  # D clamped to the data range [-1, 1]
     else:
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     sched.save_pretrained(str(args.dst))

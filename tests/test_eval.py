@@ -12,7 +12,7 @@ from s4s.cli import main
 from s4s.eval.classifier import load_mnist_classifier
 from s4s.eval.features import FeatureNetwork, feature_network_for
 from s4s.eval.frechet import FeatureStats, frechet_distance
-from s4s.eval.runner import evaluate
+from s4s.eval.runner import evaluate, generate
 from s4s.models import load_model
 
 
@@ -115,6 +115,27 @@ def test_bundled_model_loads_with_plain_diffusers_and_s4s():
     model = load_model(None)
     assert model.num_classes == 10 and model.null_label == 10 and model.denoiser.clip_range == (-1.0, 1.0)
     assert model.fingerprint == s4s.fingerprint_module(model.module)
+
+
+def test_bundled_model_samples_the_same_named_by_path_or_by_default():
+    """The clamp of D comes from the folder's scheduler config (``clip_sample``), not from how it is named."""
+    from s4s.models import bundled_model_path
+
+    by_default, by_path = load_model(None), load_model(bundled_model_path())
+    assert by_default.denoiser.clip_range == by_path.denoiser.clip_range == (-1.0, 1.0)
+    sampler = s4s.baseline("unipc_bh1", by_default.schedule, 4, grid="time")
+    a, b = (generate(m, sampler, 8, seed=0, progress=False, labels=m.labels(8, guided=False)) for m in (by_default, by_path))
+    assert torch.equal(a, b)
+    assert load_model(None, clip_denoised=False).denoiser.clip_range is None
+
+
+def test_clip_sample_in_the_scheduler_config_sets_the_clamp(tmp_path):
+    folder = _tiny_model_folder(tmp_path / "tiny", classes=0)
+    for cfg, override, expected in [(dict(clip_sample=False), None, None), (dict(clip_sample=True), None, (-1.0, 1.0)),
+                                    (dict(clip_sample=True, clip_sample_range=2.5), None, (-2.5, 2.5)),
+                                    (dict(clip_sample=True), False, None), (dict(clip_sample=False), True, (-1.0, 1.0))]:
+        DDPMScheduler(beta_schedule="linear", **cfg).save_pretrained(folder)
+        assert load_model(folder, clip_denoised=override).denoiser.clip_range == expected, (cfg, override)
 
 
 def test_bundled_flow_model_loads_as_a_rectified_flow():

@@ -21,7 +21,7 @@ def latent_pipeline(tmp_path_factory):
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=4)
     path = tmp_path_factory.mktemp("ldm") / "pipe"
-    LDMPipeline(vqvae=vqvae, unet=unet, scheduler=DDPMScheduler(beta_schedule="linear")).save_pretrained(path)
+    LDMPipeline(vqvae=vqvae, unet=unet, scheduler=DDPMScheduler(beta_schedule="linear", clip_sample=False)).save_pretrained(path)
     return path
 
 

@@ -202,3 +202,19 @@ def test_auto_base_is_predictor_only_for_lms_methods_and_unipc_for_pc(setup):
         base, grid, losses = choose_base(den, schedule, LearnConfig(nfe=4, method=method, grid="time"), val,
                                          make_distance("l2"))
         assert {k.split("/")[0] for k in losses} == expected and losses[f"{base}/{grid}"] == min(losses.values())
+
+
+def test_teacher_cache_separates_a_clamped_denoiser_from_the_plain_one(tmp_path):
+    """Same weights (fingerprint), other clamp of D: other teacher outputs, so another cache entry."""
+    from s4s.learn.teacher import make_teacher_data
+
+    schedule = s4s.VPDiscrete()
+    model = s4s.GaussianMixture.random(dim=16, components=6, seed=0)
+    plain, clamped = model.denoiser(schedule), model.denoiser(schedule)
+    clamped.clip_range = (-0.5, 0.5)
+    kw = dict(teacher="dpmpp_3m:20", seed=3, cache_dir=tmp_path, fingerprint=plain.fingerprint, progress=False)
+    a = make_teacher_data(plain, schedule, (16,), 32, **kw)
+    b = make_teacher_data(clamped, schedule, (16,), 32, **kw)
+    assert len(list(tmp_path.glob("*/meta.json"))) == 2
+    assert b.x0.abs().max() < 0.6 < a.x0.abs().max()  # ends at t_min > 0: within 0.5 up to the last noise
+    assert torch.equal(make_teacher_data(clamped, schedule, (16,), 32, **kw).x0, b.x0)  # reused from its own entry

@@ -114,10 +114,22 @@ def _scheduler_config(folder: Path) -> dict[str, Any]:
     raise ValueError(f"{folder}: no scheduler_config.json beside the model; it is needed to know the noise schedule")
 
 
+def clip_range_from_config(sched_cfg: dict[str, Any]) -> Optional[tuple[float, float]]:
+    """diffusers' ``clip_sample`` / ``clip_sample_range`` as a clamp of the denoised output:
+    ``D <- clamp(D, -range, range)`` when ``clip_sample`` is true, no clamp when it is false or absent."""
+    if not sched_cfg.get("clip_sample"):
+        return None
+    r = float(sched_cfg.get("clip_sample_range", 1.0))
+    return (-r, r)
+
+
 def load_model(path: Optional[str | Path] = None, device: torch.device | str = "cpu",
                dtype: torch.dtype = torch.float32, clip_denoised: Optional[bool] = None) -> LoadedModel:
     """Load a model for sampling (see module doc). ``clip_denoised`` clamps D to the data range
-    [-1, 1] (the true posterior mean of [-1, 1] data lies there); default: on for the bundled model."""
+    ``[-r, r]`` (the true posterior mean of data in that range lies there); default (``None``): as the
+    folder's scheduler config says (``clip_sample``, ``clip_sample_range``; the bundled model's is on,
+    r = 1), so a folder samples the same whether it is named by path or is the default; ``True``
+    forces it (r from the config, else 1), ``False`` turns it off."""
     bundled = path is None
     folder = bundled_model_path() if bundled else Path(path)
     if not folder.exists():
@@ -148,10 +160,10 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
     hw = tuple(sample_size) if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
     denoiser = Denoiser.from_diffusers(unet, schedule, prediction_type=prediction,
                                        null_cond=num_classes if num_classes else None)
-    if clip_denoised is None:
-        clip_denoised = bundled  # the bundled model's data range is [-1, 1]
-    if clip_denoised:
-        denoiser.clip_range = (-1.0, 1.0)
+    clip = clip_range_from_config(sched_cfg)
+    if clip_denoised is not None:
+        clip = (clip or (-1.0, 1.0)) if clip_denoised else None
+    denoiser.clip_range = clip
     name = "bundled MNIST UNet" if bundled else folder.name
     log.info("loaded %s (%s, %s, %d classes)", name, type(unet).__name__, schedule.kind, num_classes)
     shape = (config.get("in_channels", 3),) + hw

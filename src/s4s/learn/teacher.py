@@ -2,7 +2,8 @@
 
 Noise is a pure function of ``(seed, num_samples, shape)`` so student and teacher always see the same
 draws. Results are cached per batch under ``cache_dir/<key>/`` where ``key`` hashes everything
-that determines them (model fingerprint, schedule, teacher, guidance, labels, seed, count, shape):
+that determines them (model fingerprint, the clamp of D, schedule, teacher, guidance, labels, seed, count,
+shape):
 an interrupted run resumes from its last finished batch, and a cache whose ``meta.json`` does not
 match the request is refused with an error, never reused silently.
 """
@@ -94,6 +95,12 @@ class TeacherData:
         return part(slice(0, num_train)), part(slice(num_train, None))
 
 
+def _clip_of(denoiser: Callable[..., Tensor]) -> Optional[list[float]]:
+    """The clamp a :class:`~s4s.denoisers.Denoiser` applies to D (same weights, other clamp: other teacher)."""
+    clip = getattr(denoiser, "clip_range", None)
+    return None if clip is None else [float(c) for c in clip]
+
+
 def _key(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -111,7 +118,7 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
     meta = {"model": fingerprint, "schedule": schedule.to_config(), "teacher": teacher, "teacher_grid": grid,
             "seed": seed, "num_samples": num_samples, "shape": list(shape), "guidance": guidance,
             "labels": None if labels is None else hashlib.sha256(labels.numpy().tobytes()).hexdigest()[:16],
-            "batch_size": batch_size}
+            "batch_size": batch_size, "clip": _clip_of(denoiser)}
     folder = None
     if cache_dir is not None:
         if fingerprint is None:
