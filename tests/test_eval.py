@@ -129,6 +129,21 @@ def test_bundled_model_samples_the_same_named_by_path_or_by_default():
     assert load_model(None, clip_denoised=False).denoiser.clip_range is None
 
 
+def test_a_solver_learned_with_another_clamp_is_flagged(tmp_path, caplog):
+    from s4s.eval.runner import resolve_sampler
+
+    model = load_model(None)
+    solver = s4s.baseline("dpmpp_3m", model.schedule, 4)
+    solver.metadata["denoiser_clip"] = None
+    path = solver.save(tmp_path / "unclamped.json")
+    resolve_sampler(str(path), model)
+    assert "learned with D clamped to None" in caplog.text
+    caplog.clear()
+    solver.metadata["denoiser_clip"] = [-1.0, 1.0]
+    resolve_sampler(str(solver.save(tmp_path / "clamped.json")), model)
+    assert "clamped" not in caplog.text
+
+
 def test_clip_sample_in_the_scheduler_config_sets_the_clamp(tmp_path):
     folder = _tiny_model_folder(tmp_path / "tiny", classes=0)
     for cfg, override, expected in [(dict(clip_sample=False), None, None), (dict(clip_sample=True), None, (-1.0, 1.0)),

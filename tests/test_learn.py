@@ -140,6 +140,7 @@ def test_learn_api_with_baseline_teacher_and_guidance(tmp_path, setup):
                             labels=labels, guidance=2.0, steps=20, batch_size=16, val_every=10, base="dpmpp_3m",
                             grid="quadratic", cache_dir=tmp_path / "cache", run_dir=tmp_path / "run", progress=False)
     assert res.solver.metadata["guidance"] == 2.0 and res.solver.nfe == 3
+    assert res.solver.metadata["denoiser_clip"] is None  # recorded; the mixture's denoiser is not clamped
     assert (tmp_path / "run" / "curves.png").exists() and (tmp_path / "run" / "config.json").exists()
     # the cache is reused for the same request...
     cached = list((tmp_path / "cache").glob("*/batch_*.pt"))

@@ -13,6 +13,8 @@
 It returns a :class:`LoadedModel`: the denoiser, its schedule and what sampling needs to know.
 Class-conditional UNets (``num_class_embeds = K + 1``) use the last class ``K`` as the null label
 of classifier-free guidance, the convention of the bundled model.
+The denoised output D is clamped to ``[-r, r]`` when the scheduler config says ``clip_sample: true``
+(``r = clip_sample_range``), as diffusers' own schedulers do with it; the bundled eps model's says so.
 """
 
 from __future__ import annotations

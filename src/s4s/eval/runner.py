@@ -28,7 +28,7 @@ from s4s.baselines import HeunSampler, baseline
 from s4s.eval.features import FeatureNetwork, feature_network_for
 from s4s.eval.frechet import FeatureStats, frechet_distance
 from s4s.eval.images import save_image_grid
-from s4s.learn.teacher import DEFAULT_TEACHER, make_teacher_data, sample_noise
+from s4s.learn.teacher import DEFAULT_TEACHER, clip_of, make_teacher_data, sample_noise
 from s4s.models import LoadedModel
 from s4s.solver import Solver
 
@@ -51,6 +51,9 @@ def resolve_sampler(spec: str, model: LoadedModel, nfe: Optional[int] = None, gr
         fp = solver.metadata.get("model_fingerprint")
         if fp and model.fingerprint and fp != model.fingerprint:
             log.warning("%s was learned on model %s, evaluating on %s", spec, fp, model.fingerprint)
+        if "denoiser_clip" in solver.metadata and solver.metadata["denoiser_clip"] != clip_of(model.denoiser):
+            log.warning("%s was learned with D clamped to %s, this model clamps to %s (load_model's clip_denoised)",
+                        spec, solver.metadata["denoiser_clip"], clip_of(model.denoiser))
         return solver
     if nfe is None:
         raise ValueError(f"--nfe is needed with a named solver ({spec!r})")

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from s4s.learn.teacher import DEFAULT_TEACHER, TeacherData, make_teacher_data
+from s4s.learn.teacher import DEFAULT_TEACHER, TeacherData, clip_of, make_teacher_data
 from s4s.learn.trainer import LearnConfig, LearnResult, save_run, train_solver
 from s4s.schedules import Schedule
 from s4s.solver import Solver
@@ -54,7 +54,7 @@ def learn_with_result(denoiser: Callable[..., Tensor], schedule: Schedule, nfe: 
         raise ValueError(f"{len(teacher_data)} teacher samples leave none for training")
     train, val = teacher_data.split(len(teacher_data) - n_val)
     meta = {"teacher": teacher_data.meta.get("teacher", teacher), "num_samples": len(teacher_data),
-            "model_fingerprint": getattr(denoiser, "fingerprint", None)}
+            "model_fingerprint": getattr(denoiser, "fingerprint", None), "denoiser_clip": clip_of(denoiser)}
     if decode is not None:
         meta["loss_space"] = "decoded"
     result = train_solver(denoiser, schedule, train, val, config, run_dir, resume, progress, feature_fn, meta, decode,

@@ -28,7 +28,8 @@ from s4s.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TeacherData", "make_teacher_data", "parse_teacher", "teacher_sampler", "sample_noise", "DEFAULT_TEACHER"]
+__all__ = ["TeacherData", "make_teacher_data", "clip_of", "parse_teacher", "teacher_sampler", "sample_noise",
+           "DEFAULT_TEACHER"]
 
 DEFAULT_TEACHER = "unipc_bh2:50"
 
@@ -95,7 +96,7 @@ class TeacherData:
         return part(slice(0, num_train)), part(slice(num_train, None))
 
 
-def _clip_of(denoiser: Callable[..., Tensor]) -> Optional[list[float]]:
+def clip_of(denoiser: Callable[..., Tensor]) -> Optional[list[float]]:
     """The clamp a :class:`~s4s.denoisers.Denoiser` applies to D (same weights, other clamp: other teacher)."""
     clip = getattr(denoiser, "clip_range", None)
     return None if clip is None else [float(c) for c in clip]
@@ -118,7 +119,7 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
     meta = {"model": fingerprint, "schedule": schedule.to_config(), "teacher": teacher, "teacher_grid": grid,
             "seed": seed, "num_samples": num_samples, "shape": list(shape), "guidance": guidance,
             "labels": None if labels is None else hashlib.sha256(labels.numpy().tobytes()).hexdigest()[:16],
-            "batch_size": batch_size, "clip": _clip_of(denoiser)}
+            "batch_size": batch_size, "clip": clip_of(denoiser)}
     folder = None
     if cache_dir is not None:
         if fingerprint is None:
