@@ -51,9 +51,10 @@ def resolve_sampler(spec: str, model: LoadedModel, nfe: Optional[int] = None, gr
         fp = solver.metadata.get("model_fingerprint")
         if fp and model.fingerprint and fp != model.fingerprint:
             log.warning("%s was learned on model %s, evaluating on %s", spec, fp, model.fingerprint)
-        if "denoiser_clip" in solver.metadata and solver.metadata["denoiser_clip"] != clip_of(model.denoiser):
+        clip = clip_of(model.denoiser)
+        if "denoiser_clip" in solver.metadata and solver.metadata["denoiser_clip"] != clip:
             log.warning("%s was learned with D clamped to %s, this model clamps to %s (load_model's clip_denoised)",
-                        spec, solver.metadata["denoiser_clip"], clip_of(model.denoiser))
+                        spec, solver.metadata["denoiser_clip"], clip)
         return solver
     if nfe is None:
         raise ValueError(f"--nfe is needed with a named solver ({spec!r})")
