@@ -47,7 +47,7 @@ def problem(request):
     x = schedule.prior_noise((64, 8), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = model.ode_solution(x, schedule, schedule.t_max, schedule.t_min, rtol=1e-13, atol=1e-13)
     if isinstance(schedule, s4s.Flow):  # the model as a flow-velocity network, through its adapter
-        return schedule, s4s.Denoiser.from_flow(model.raw_model(schedule, "flow"), schedule), x, ref
+        return schedule, s4s.Denoiser.from_flow(model.raw_model(schedule, "flow_prediction"), schedule), x, ref
     return schedule, model.denoiser(schedule), x, ref
 
 

@@ -10,7 +10,7 @@ def test_eps_x0_v_adapters_agree(schedule, gmm):
     t = torch.linspace(schedule.t_max, schedule.t_min, 12, dtype=torch.float64)
     x = x * schedule.sigma(t)[:, None]
     ref = gmm.denoiser(schedule)(x, t)
-    for pred, ctor in [("x0", s4s.Denoiser.from_x0), ("eps", s4s.Denoiser.from_eps), ("v", s4s.Denoiser.from_v)]:
+    for pred, ctor in [("sample", s4s.Denoiser.from_x0), ("epsilon", s4s.Denoiser.from_eps), ("v_prediction", s4s.Denoiser.from_v)]:
         d = ctor(gmm.raw_model(schedule, pred), schedule)(x, t)
         torch.testing.assert_close(d, ref, rtol=1e-9, atol=1e-9, msg=pred)
 
@@ -24,10 +24,10 @@ def test_flow_adapter_matches_vp_after_change_of_variables(gmm):
     x_vp = torch.randn(3, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x_f = x_vp * (flow.alpha(t_f) / vp.alpha(t_vp))[:, None]
     d_vp = gmm.denoiser(vp)(x_vp, t_vp)
-    d_f = s4s.Denoiser.from_flow(gmm.raw_model(flow, "flow"), flow)(x_f, t_f)
+    d_f = s4s.Denoiser.from_flow(gmm.raw_model(flow, "flow_prediction"), flow)(x_f, t_f)
     torch.testing.assert_close(d_f, d_vp, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="Flow schedule"):
-        s4s.Denoiser.from_flow(gmm.raw_model(vp, "flow"), vp)
+        s4s.Denoiser.from_flow(gmm.raw_model(vp, "flow_prediction"), vp)
 
 
 def test_edm_adapter_on_vp_schedule(gmm):
@@ -74,7 +74,7 @@ def test_from_diffusers_unet_eps_conversion():
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=4, num_class_embeds=3).eval()
     vp = s4s.VPDiscrete()
-    den = s4s.Denoiser.from_diffusers(unet, vp, null_cond=2)
+    den = s4s.Denoiser.from_diffusers(unet, vp, prediction_type="epsilon", null_cond=2)
     x = torch.randn(2, 1, 8, 8)
     labels = torch.tensor([0, 1])
     with torch.no_grad():

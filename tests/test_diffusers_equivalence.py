@@ -14,7 +14,7 @@ CASES = {
     "unipc_bh2": lambda **kw: UniPCMultistepScheduler(solver_order=3, solver_type="bh2", final_sigmas_type="sigma_min", **kw),
     "deis": lambda **kw: DEISMultistepScheduler(solver_order=3, **kw),
 }
-PREDICTIONS = {"eps": ("epsilon", s4s.Denoiser.from_eps), "v": ("v_prediction", s4s.Denoiser.from_v)}
+PREDICTIONS = {"eps": ("epsilon", s4s.Denoiser.from_eps), "v": ("v_prediction", s4s.Denoiser.from_v)}  # id -> (type, adapter)
 
 
 def _run_diffusers(scheduler, steps, fn, x):
@@ -30,7 +30,7 @@ def _run_diffusers(scheduler, steps, fn, x):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_same_samples_as_diffusers(name, steps, pred, vp, gmm, noise8):
     prediction_type, adapter = PREDICTIONS[pred]
-    fn = gmm.raw_model(vp, pred)
+    fn = gmm.raw_model(vp, prediction_type)
     ref, timesteps = _run_diffusers(CASES[name](prediction_type=prediction_type), steps, fn, noise8.clone())
     timesteps = timesteps.double()
     if name == "ddim":

@@ -85,7 +85,7 @@ def test_pipeline_save_load_round_trip_keeps_the_learned_solver(tmp_path, vp):
     assert torch.equal(again.tables.b, solver.tables.b) and torch.equal(again.input_times, solver.input_times)
     out = loaded(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(3), output_type="np").images
     noise = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(3))
-    den = s4s.Denoiser.from_diffusers(unet, vp)
+    den = s4s.Denoiser.from_diffusers(unet, vp, prediction_type="epsilon")
     with torch.no_grad():
         ref = (solver.sample(den, noise) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     assert abs(out - ref).max() <= 1e-5

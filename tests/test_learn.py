@@ -158,7 +158,7 @@ def test_learning_on_the_rectified_flow_schedule():
     """The whole pipeline on a flow-velocity model (alpha = 1 - t, sigma = t)."""
     flow = s4s.Flow(t_min=1e-3, t_max=0.995)
     model = s4s.GaussianMixture.random(dim=16, components=6, seed=1)
-    den = s4s.Denoiser.from_flow(model.raw_model(flow, "flow"), flow)
+    den = s4s.Denoiser.from_flow(model.raw_model(flow, "flow_prediction"), flow)
     x = flow.prior_noise((320, 16), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     train, val = TeacherData(x, None, model.ode_solution(x, flow, flow.t_max, flow.t_min)).split(240)
     cfg = LearnConfig(nfe=4, method="s4s-alt", base="dpmpp_3m", grid="time", steps=60, batch_size=32, val_every=20,

@@ -2,11 +2,9 @@ r"""Denoiser adapters: every model type becomes a data predictor ``D(x, t) ~ E[x
 
 With ``x_t = alpha_t x0 + sigma_t eps``:
 
-* eps-prediction:  ``D = (x - sigma eps) / alpha``
-* x0-prediction:   ``D = x0``
-* v-prediction (``v = alpha eps - sigma x0``):  ``D = (alpha x - sigma v) / (alpha^2 + sigma^2)``
-  (``= alpha x - sigma v`` for VP schedules)
-* flow velocity on the :class:`~s4s.schedules.Flow` schedule (``u = eps - x0``): ``D = x - t u``
+* networks that predict ``epsilon``, ``v_prediction``, ``sample`` (x0) or ``flow_prediction``
+  (velocity on the :class:`~s4s.schedules.Flow` schedule): the one conversion table in
+  :mod:`s4s.prediction`;
 * EDM nets ``net(x, sigma, labels) -> D`` in VE coordinates: ``D = net(x / alpha, sigma / alpha, labels)``
 
 Classifier-free guidance combines the conditional and unconditional outputs of
@@ -23,6 +21,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from s4s.diffusers_config import read_scheduler_config
+from s4s.prediction import PREDICTION_TYPES, check_prediction_type, to_denoised
 from s4s.schedules import EDM, Flow, Schedule, VPDiscrete
 
 __all__ = ["Denoiser", "fingerprint_module"]
@@ -100,39 +100,42 @@ class Denoiser:
 
     # --- constructors --------------------------------------------------------------------
     @classmethod
-    def _wrap(cls, fn: ModelFn, schedule: Schedule, convert: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor],
-              time_fn: Optional[Callable[[Tensor], Tensor]], **kw: Any) -> "Denoiser":
+    def from_prediction(cls, fn: ModelFn, schedule: Schedule, prediction_type: str,
+                        time_fn: Optional[Callable[[Tensor], Tensor]] = None, **kw: Any) -> "Denoiser":
+        """``fn(x, t_model, cond)`` returns an output of ``prediction_type`` (see :mod:`s4s.prediction`)."""
+        check_prediction_type(prediction_type)
+        if prediction_type == "flow_prediction" and not isinstance(schedule, Flow):
+            raise ValueError(f"flow-velocity models (flow_prediction) need the Flow schedule (alpha = 1 - t, sigma = t), "
+                             f"got {schedule!r}")
         time_fn = time_fn or (lambda t: t)
 
         def d(x: Tensor, t: Tensor, cond: Any) -> Tensor:
             out = fn(x, time_fn(t), cond)
             alpha = _bcast(schedule.alpha(t).to(x.dtype), x)
             sigma = _bcast(schedule.sigma(t).to(x.dtype), x)
-            return convert(x, out, alpha, sigma)
+            return to_denoised(prediction_type, out, x, alpha, sigma)
 
         return cls(d, schedule, **kw)
 
     @classmethod
     def from_x0(cls, fn: ModelFn, schedule: Schedule, time_fn: Optional[Callable[[Tensor], Tensor]] = None, **kw: Any) -> "Denoiser":
-        """``fn(x, t, cond)`` predicts x0 directly."""
-        return cls._wrap(fn, schedule, lambda x, out, a, s: out, time_fn, **kw)
+        """``fn(x, t, cond)`` predicts x0 directly (``sample``)."""
+        return cls.from_prediction(fn, schedule, "sample", time_fn, **kw)
 
     @classmethod
     def from_eps(cls, fn: ModelFn, schedule: Schedule, time_fn: Optional[Callable[[Tensor], Tensor]] = None, **kw: Any) -> "Denoiser":
-        """``fn(x, t, cond)`` predicts the noise: ``D = (x - sigma eps) / alpha``."""
-        return cls._wrap(fn, schedule, lambda x, out, a, s: (x - s * out) / a, time_fn, **kw)
+        """``fn(x, t, cond)`` predicts the noise (``epsilon``): ``D = (x - sigma eps) / alpha``."""
+        return cls.from_prediction(fn, schedule, "epsilon", time_fn, **kw)
 
     @classmethod
     def from_v(cls, fn: ModelFn, schedule: Schedule, time_fn: Optional[Callable[[Tensor], Tensor]] = None, **kw: Any) -> "Denoiser":
-        """``fn`` predicts ``v = alpha eps - sigma x0``: ``D = (alpha x - sigma v) / (alpha^2 + sigma^2)``."""
-        return cls._wrap(fn, schedule, lambda x, out, a, s: (a * x - s * out) / (a * a + s * s), time_fn, **kw)
+        """``fn`` predicts ``v = alpha eps - sigma x0`` (``v_prediction``): ``D = (alpha x - sigma v) / (alpha^2 + sigma^2)``."""
+        return cls.from_prediction(fn, schedule, "v_prediction", time_fn, **kw)
 
     @classmethod
     def from_flow(cls, fn: ModelFn, schedule: Schedule, time_fn: Optional[Callable[[Tensor], Tensor]] = None, **kw: Any) -> "Denoiser":
-        """``fn`` predicts the rectified-flow velocity ``u = eps - x0`` on a :class:`Flow` schedule: ``D = x - t u``."""
-        if not isinstance(schedule, Flow):
-            raise ValueError(f"flow-velocity models need the Flow schedule (alpha = 1 - t, sigma = t), got {schedule!r}")
-        return cls._wrap(fn, schedule, lambda x, out, a, s: x - s * out, time_fn, **kw)
+        """``fn`` predicts the rectified-flow velocity ``u = eps - x0`` (``flow_prediction``) on a :class:`Flow` schedule: ``D = x - t u``."""
+        return cls.from_prediction(fn, schedule, "flow_prediction", time_fn, **kw)
 
     @classmethod
     def from_edm(cls, net: Callable[..., Tensor], schedule: Optional[Schedule] = None, **kw: Any) -> "Denoiser":
@@ -155,32 +158,54 @@ class Denoiser:
         return cls(d, schedule, **kw)
 
     @classmethod
-    def from_diffusers(cls, unet: torch.nn.Module, schedule: Schedule, prediction_type: Optional[str] = None,
+    def from_diffusers(cls, model: Any, scheduler: Any = None, *, prediction_type: Optional[str] = None,
                        null_cond: Any = None, **kw: Any) -> "Denoiser":
-        """A diffusers ``UNet2DModel`` / ``UNet2DConditionModel``-style module.
+        """A diffusers network as a denoiser, with everything read from the pipeline or its scheduler.
 
-        ``cond`` is passed as ``class_labels`` (tensor) or as keyword arguments (dict, e.g.
-        ``{"encoder_hidden_states": emb}``). ``prediction_type`` is ``epsilon`` (default),
-        ``v_prediction``, ``sample`` or ``flow``. Discrete VP models get the fractional training
-        index as ``timestep``; flow models get ``1000 t`` as diffusers' flow transformers expect.
+        * ``from_diffusers(pipe)``: a pipeline with a ``scheduler`` and a ``unet`` (or ``transformer``);
+        * ``from_diffusers(unet, scheduler)``: the network and its diffusers scheduler (or config dict);
+        * ``from_diffusers(unet, schedule, prediction_type=...)``: an s4s :class:`Schedule`; the
+          prediction type must then be given, it is never guessed.
+
+        From a scheduler config (:func:`s4s.diffusers_config.read_scheduler_config`): the schedule,
+        ``prediction_type``, the clamp of D (``clip_sample``, ``clip_sample_range``) and the timestep
+        convention (training index for discrete VP, ``num_train_timesteps * t`` for flow); a config
+        with ``thresholding: true`` is refused. ``cond`` reaches the network as ``class_labels``
+        (tensor) or as keyword arguments (dict, e.g. ``{"encoder_hidden_states": emb}``).
+        ``clip_range=`` and ``time_fn=`` override what the config says.
         """
-        prediction_type = prediction_type or "epsilon"
-        param = next(unet.parameters(), None)
+        if scheduler is None:
+            net = getattr(model, "unet", None) or getattr(model, "transformer", None)
+            scheduler = getattr(model, "scheduler", None)
+            if net is None or scheduler is None:
+                raise ValueError("from_diffusers(model) needs a pipeline with a scheduler and a unet or transformer; "
+                                 "for a bare network pass its scheduler: from_diffusers(unet, pipe.scheduler)")
+            model = net
+        if isinstance(scheduler, Schedule):
+            if prediction_type is None:
+                raise ValueError("from_diffusers(unet, schedule) needs prediction_type= (one of "
+                                 f"{', '.join(PREDICTION_TYPES)}); or pass the pipeline's scheduler, which states it")
+            schedule = scheduler
+            if not isinstance(schedule, (VPDiscrete, Flow)):
+                raise ValueError(f"diffusers models use a discrete VP or a flow schedule, got {schedule!r}")
+            kind = check_prediction_type(prediction_type)
+            scale = 1000.0 if isinstance(schedule, Flow) else 1.0
+            clip = None
+        else:
+            spec = read_scheduler_config(scheduler, prediction_type)
+            schedule, kind, scale, clip = spec.schedule, spec.prediction_type, spec.timestep_scale, spec.clip_range
+        param = next(model.parameters(), None)
 
         def fn(x: Tensor, t: Tensor, cond: Any) -> Tensor:
             dtype = param.dtype if param is not None else x.dtype
             kwargs = dict(cond) if isinstance(cond, dict) else ({} if cond is None else {"class_labels": cond})
-            out = unet(x.to(dtype), t.to(dtype), **kwargs)
+            out = model(x.to(dtype), t.to(dtype), **kwargs)
             out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, tuple) else out)
             return out.to(x.dtype)
 
-        time_fn = (lambda t: t * 1000.0) if isinstance(schedule, Flow) else None
-        convert = {"epsilon": cls.from_eps, "v_prediction": cls.from_v, "sample": cls.from_x0, "flow": cls.from_flow}
-        if prediction_type not in convert:
-            raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {sorted(convert)}")
-        kw.setdefault("fingerprint", fingerprint_module(unet))
-        kw.setdefault("name", type(unet).__name__)
-        kw.setdefault("module", unet)
-        if not isinstance(schedule, (VPDiscrete, Flow)):
-            raise ValueError(f"diffusers models use a discrete VP or a flow schedule, got {schedule!r}")
-        return convert[prediction_type](fn, schedule, time_fn=time_fn, null_cond=null_cond, **kw)
+        time_fn = kw.pop("time_fn", None) or ((lambda t: t * scale) if scale != 1.0 else None)
+        kw.setdefault("clip_range", clip)
+        kw.setdefault("fingerprint", fingerprint_module(model))
+        kw.setdefault("name", type(model).__name__)
+        kw.setdefault("module", model)
+        return cls.from_prediction(fn, schedule, kind, time_fn=time_fn, null_cond=null_cond, **kw)

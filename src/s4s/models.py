@@ -28,7 +28,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from s4s.denoisers import Denoiser, module_device
-from s4s.schedules import Schedule, schedule_from_diffusers
+from s4s.diffusers_config import read_scheduler_config
+from s4s.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +117,6 @@ def _scheduler_config(folder: Path) -> dict[str, Any]:
     raise ValueError(f"{folder}: no scheduler_config.json beside the model; it is needed to know the noise schedule")
 
 
-def clip_range_from_config(sched_cfg: dict[str, Any]) -> Optional[tuple[float, float]]:
-    """diffusers' ``clip_sample`` / ``clip_sample_range`` as a clamp of the denoised output:
-    ``D <- clamp(D, -range, range)`` when ``clip_sample`` is true, no clamp when it is false or absent."""
-    if not sched_cfg.get("clip_sample"):
-        return None
-    r = float(sched_cfg.get("clip_sample_range", 1.0))
-    return (-r, r)
-
-
 def load_model(path: Optional[str | Path] = None, device: torch.device | str = "cpu",
                dtype: torch.dtype = torch.float32, clip_denoised: Optional[bool] = None) -> LoadedModel:
     """Load a model for sampling (see module doc). ``clip_denoised`` clamps D to the data range
@@ -148,24 +140,20 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
         raise ValueError(f"{folder}: not a diffusers model folder (no config.json)")
     config = _read_json(folder / "config.json")
     sched_cfg = _scheduler_config(folder)
-    schedule = schedule_from_diffusers(sched_cfg)
+    spec = read_scheduler_config(sched_cfg)
     unet = _unet_class(config).from_pretrained(str(folder), torch_dtype=dtype, low_cpu_mem_usage=False).to(device).eval().requires_grad_(False)
     if config.get("cross_attention_dim") is not None and "Condition" in str(config.get("_class_name")):
         raise ValueError(f"{folder}: text-conditioned UNets need prompt embeddings; use the Python API: "
                          "Denoiser.from_diffusers(unet, schedule) with cond={'encoder_hidden_states': emb}")
     n_embeds = config.get("num_class_embeds") or 0
     num_classes = max(n_embeds - 1, 0)
-    prediction = sched_cfg.get("prediction_type", "epsilon")
-    if "FlowMatch" in str(sched_cfg.get("_class_name", "")):
-        prediction = "flow"
     sample_size = config.get("sample_size", 28)
     hw = tuple(sample_size) if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
-    denoiser = Denoiser.from_diffusers(unet, schedule, prediction_type=prediction,
-                                       null_cond=num_classes if num_classes else None)
-    clip = clip_range_from_config(sched_cfg)
+    clip = spec.clip_range
     if clip_denoised is not None:
         clip = (clip or (-1.0, 1.0)) if clip_denoised else None
-    denoiser.clip_range = clip
+    denoiser = Denoiser.from_diffusers(unet, sched_cfg, null_cond=num_classes if num_classes else None, clip_range=clip)
+    schedule = spec.schedule
     name = "bundled MNIST UNet" if bundled else folder.name
     log.info("loaded %s (%s, %s, %d classes)", name, type(unet).__name__, schedule.kind, num_classes)
     shape = (config.get("in_channels", 3),) + hw

@@ -348,6 +348,9 @@ def schedule_from_diffusers(scheduler_or_config: Any) -> Schedule:
     name = cfg.get("_class_name") or type(scheduler_or_config).__name__
     if "FlowMatch" in str(name) or cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction":
         return Flow()
+    if cfg.get("rescale_betas_zero_snr"):
+        raise ValueError(f"{name}: rescale_betas_zero_snr=True gives zero terminal SNR (infinite log-SNR at t = T), "
+                         "which s4s's VP schedules do not represent")
     trained = cfg.get("trained_betas")
     if trained is not None:
         return VPDiscrete(betas=trained)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from s4s.denoisers import Denoiser
+from s4s.prediction import check_prediction_type, from_denoised
 from s4s.schedules import Schedule
 
 __all__ = ["GaussianMixture"]
@@ -97,24 +98,17 @@ class GaussianMixture:
         flat = x.reshape(x.shape[0], -1).to(torch.float64) / alpha[:, None]
         return self.posterior_mean(flat, sigma / alpha, cond).reshape(x.shape).to(x.dtype)
 
-    def raw_model(self, schedule: Schedule, prediction: str = "x0"):
-        """A network-like ``fn(x, t, cond)`` predicting ``x0``, ``eps``, ``v`` or flow velocity ``flow``."""
+    def raw_model(self, schedule: Schedule, prediction: str = "sample"):
+        """A network-like ``fn(x, t, cond)`` whose output is of diffusers' ``prediction_type`` ``prediction``
+        (``epsilon``, ``v_prediction``, ``sample`` or ``flow_prediction``; :mod:`s4s.prediction`)."""
+        check_prediction_type(prediction)
 
         def fn(x: Tensor, t: Tensor, cond: Any) -> Tensor:
             d = self._x0(x, t, cond, schedule)
             shape = (-1,) + (1,) * (x.ndim - 1)
             alpha = schedule.alpha(t.to(torch.float64)).reshape(shape).to(x.dtype)
             sigma = schedule.sigma(t.to(torch.float64)).reshape(shape).to(x.dtype)
-            eps = (x - alpha * d) / sigma
-            if prediction == "x0":
-                return d
-            if prediction == "eps":
-                return eps
-            if prediction == "v":
-                return alpha * eps - sigma * d
-            if prediction == "flow":
-                return eps - d
-            raise ValueError(f"unknown prediction {prediction!r}")
+            return from_denoised(prediction, d, x, alpha, sigma)
 
         return fn
 

@@ -1,0 +1,87 @@
+r"""What a diffusers scheduler config says about a model, read in one place.
+
+:func:`read_scheduler_config` turns a diffusers scheduler (or its ``config`` dict) into a
+:class:`SchedulerSpec`: the noise schedule, the prediction type, the clamp of D and the
+timestep convention of the network. The denoiser adapters (:meth:`s4s.Denoiser.from_diffusers`),
+the model loader and :class:`~s4s.integrations.diffusers_scheduler.S4SScheduler` all use it, so
+they cannot disagree on what a config means.
+
+* **Schedule**: :func:`s4s.schedules.schedule_from_diffusers` (discrete VP from the betas, or
+  :class:`~s4s.schedules.Flow` for flow-matching configs).
+* **Prediction type**: ``prediction_type`` (default ``epsilon``); flow-matching configs
+  (``FlowMatch*`` classes, ``use_flow_sigmas``) predict the velocity: ``flow_prediction``.
+* **Clamp**: ``clip_sample: true`` clamps D to ``[-r, r]``, ``r = clip_sample_range`` (as
+  diffusers' DDPM / DDIM schedulers do); absent or false: no clamp.
+* **Timestep convention**: a discrete VP network takes the (fractional) training index ``t``
+  itself; a flow network takes ``num_train_timesteps * t`` (diffusers' ``timesteps = 1000 sigma``).
+* **Refused**: ``thresholding: true`` (dynamic thresholding is a per-sample quantile clamp s4s
+  does not implement) raises one ``ValueError`` instead of sampling without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from s4s.prediction import check_prediction_type
+from s4s.schedules import Flow, Schedule, schedule_from_diffusers
+
+__all__ = ["SchedulerSpec", "read_scheduler_config", "config_dict", "clip_range_from_config", "is_flow_config"]
+
+
+def config_dict(scheduler_or_config: Any) -> dict[str, Any]:
+    """The config of a diffusers scheduler as a plain dict (a dict is returned as a copy)."""
+    config = getattr(scheduler_or_config, "config", scheduler_or_config)
+    try:
+        return dict(config)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a diffusers scheduler or its config dict, got {type(scheduler_or_config).__name__}") from None
+
+
+def is_flow_config(cfg: dict[str, Any]) -> bool:
+    """A flow-matching config: a ``FlowMatch*`` class, ``use_flow_sigmas`` or ``flow_prediction``."""
+    return ("FlowMatch" in str(cfg.get("_class_name", "")) or bool(cfg.get("use_flow_sigmas"))
+            or cfg.get("prediction_type") == "flow_prediction")
+
+
+def clip_range_from_config(cfg: dict[str, Any]) -> Optional[tuple[float, float]]:
+    """diffusers' ``clip_sample`` / ``clip_sample_range`` as a clamp of the denoised output:
+    ``D <- clamp(D, -range, range)`` when ``clip_sample`` is true, no clamp when it is false or absent."""
+    if not cfg.get("clip_sample"):
+        return None
+    r = float(cfg.get("clip_sample_range", 1.0))
+    return (-r, r)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """What sampling needs from a diffusers scheduler config (see the module doc)."""
+
+    schedule: Schedule
+    prediction_type: str
+    clip_range: Optional[tuple[float, float]]
+    timestep_scale: float
+    num_train_timesteps: int
+
+    def model_time(self, t: Any) -> Any:
+        """The network's ``timestep`` for s4s time ``t``: ``t`` (discrete VP) or ``num_train_timesteps * t`` (flow)."""
+        return t * self.timestep_scale if self.timestep_scale != 1.0 else t
+
+
+def read_scheduler_config(scheduler_or_config: Any, prediction_type: Optional[str] = None) -> SchedulerSpec:
+    """Read a diffusers scheduler (or config dict); ``prediction_type`` must agree with the config's if both are given."""
+    cfg = config_dict(scheduler_or_config)
+    if cfg.get("thresholding"):
+        raise ValueError("the scheduler config sets thresholding: true (dynamic thresholding), which s4s does not "
+                         "implement; set it to false or use clip_sample")
+    schedule = schedule_from_diffusers(cfg)
+    flow = isinstance(schedule, Flow)
+    stated = "flow_prediction" if flow and "prediction_type" not in cfg else cfg.get("prediction_type", "epsilon")
+    stated = check_prediction_type(stated)
+    if prediction_type is not None and check_prediction_type(prediction_type) != stated:
+        raise ValueError(f"prediction_type={prediction_type!r} conflicts with the scheduler config's {stated!r}")
+    if flow != (stated == "flow_prediction"):
+        raise ValueError(f"prediction_type {stated!r} does not fit the {schedule.kind} schedule of this config "
+                         "(flow_prediction goes with flow-matching schedules only)")
+    n_train = int(cfg.get("num_train_timesteps", 1000))
+    return SchedulerSpec(schedule, stated, clip_range_from_config(cfg), float(n_train) if flow else 1.0, n_train)
