@@ -110,7 +110,8 @@ def main() -> None:
 
     model = make_unet().to(device)
     if args.init_from is not None:
-        model.load_state_dict(UNet2DModel.from_pretrained(str(args.init_from), low_cpu_mem_usage=False).float().state_dict())
+        folder = args.init_from / "unet" if (args.init_from / "unet").is_dir() else args.init_from  # pipeline or model folder
+        model.load_state_dict(UNet2DModel.from_pretrained(str(folder), low_cpu_mem_usage=False).float().state_dict())
         log.info("initialised from %s", args.init_from)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)

@@ -110,7 +110,7 @@ def test_cli_fails_fast_with_one_clear_line(tmp_path, caplog):
 def test_bundled_model_loads_with_plain_diffusers_and_s4s():
     from s4s.models import bundled_model_path
 
-    unet = UNet2DModel.from_pretrained(str(bundled_model_path()))
+    unet = UNet2DModel.from_pretrained(str(bundled_model_path()), subfolder="unet")
     assert unet.config.num_class_embeds == 11 and unet.config.sample_size == 28
     model = load_model(None)
     assert model.num_classes == 10 and model.null_label == 10 and model.denoiser.clip_range == (-1.0, 1.0)
@@ -157,7 +157,7 @@ def test_bundled_flow_model_loads_as_a_rectified_flow():
     from s4s.models import bundled_model_path
 
     path = bundled_model_path("mnist-flow-unet")
-    unet = UNet2DModel.from_pretrained(str(path))
+    unet = UNet2DModel.from_pretrained(str(path), subfolder="unet")
     assert unet.config.num_class_embeds == 11
     model = load_model(path)
     assert isinstance(model.schedule, s4s.Flow) and model.num_classes == 10

@@ -3,10 +3,9 @@
 The flat public API::
 
     import s4s
-    schedule = s4s.schedule_from_diffusers(pipe.scheduler)          # or s4s.VPDiscrete(...), s4s.EDM(), s4s.Flow()
-    denoiser = s4s.Denoiser.from_diffusers(pipe.unet, schedule)     # or .from_eps/.from_x0/.from_v/.from_flow/.from_edm
-    solver = s4s.baseline("dpmpp_3m", schedule, nfe=5, grid="logsnr")
-    x0 = solver.sample(denoiser, schedule.prior_noise((4, 3, 64, 64)))
+    denoiser = s4s.Denoiser.from_diffusers(pipe)                    # schedule, prediction type, clamp: from pipe.scheduler
+    solver = s4s.baseline("dpmpp_3m", denoiser.schedule, nfe=5, grid="logsnr")
+    x0 = solver.sample(denoiser, denoiser.schedule.prior_noise((4, 3, 64, 64)))
     solver.save("dpmpp3m-5.json"); solver = s4s.Solver.load("dpmpp3m-5.json")
 """
 
@@ -29,7 +28,7 @@ __all__ = [
     "Solver", "SolverFileError", "Tables", "integrate",
     "GaussianMixture",
     "learn", "LearnConfig", "TeacherData",
-    "S4SScheduler", "sample_s4s", "load_model",
+    "S4SScheduler", "ClassConditionalPipeline", "sample_s4s", "load_model",
 ]
 
 
@@ -39,6 +38,10 @@ def __getattr__(name: str):
         from s4s.integrations.diffusers_scheduler import S4SScheduler
 
         return S4SScheduler
+    if name == "ClassConditionalPipeline":
+        from s4s.integrations.pipeline import ClassConditionalPipeline
+
+        return ClassConditionalPipeline
     if name == "sample_s4s":
         from s4s.integrations.k_diffusion import sample_s4s
 

@@ -2,7 +2,8 @@
 
 :func:`load_model` accepts
 
-* ``None`` - the bundled class-conditional MNIST UNet (``s4s/assets/mnist-unet``);
+* ``None`` - the bundled class-conditional MNIST UNet (``s4s/assets/mnist-unet``, a pipeline
+  folder of :class:`s4s.ClassConditionalPipeline`: ``unet/``, ``scheduler/``, ``model_index.json``);
 * a diffusers model folder (``config.json`` + weights of a ``UNet2DModel`` /
   ``UNet2DConditionModel``) with its ``scheduler_config.json`` beside it, or
 * a diffusers pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``), optionally
@@ -129,12 +130,14 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
     if not folder.exists():
         raise FileNotFoundError(f"model not found: {folder}")
     decode = None
+    pipeline_name = None
     if (folder / "model_index.json").is_file():
         index = _read_json(folder / "model_index.json")
         if "unet" not in index:
             raise ValueError(f"{folder}: pipeline has no 'unet' component (transformer pipelines: use the Python API, "
                              "Denoiser.from_diffusers / from_flow with your module)")
         decode = _load_decoder(folder, index, device, dtype)
+        pipeline_name = folder.name
         folder = folder / "unet"
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder}: not a diffusers model folder (no config.json)")
@@ -154,7 +157,7 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
         clip = (clip or (-1.0, 1.0)) if clip_denoised else None
     denoiser = Denoiser.from_diffusers(unet, sched_cfg, null_cond=num_classes if num_classes else None, clip_range=clip)
     schedule = spec.schedule
-    name = "bundled MNIST UNet" if bundled else folder.name
+    name = "bundled MNIST UNet" if bundled else (pipeline_name or folder.name)
     log.info("loaded %s (%s, %s, %d classes)", name, type(unet).__name__, schedule.kind, num_classes)
     shape = (config.get("in_channels", 3),) + hw
     image_shape = shape

@@ -43,6 +43,7 @@ __all__ = [
     "Flow",
     "schedule_from_config",
     "schedule_from_diffusers",
+    "same_process",
     "interp",
 ]
 
@@ -358,3 +359,18 @@ def schedule_from_diffusers(scheduler_or_config: Any) -> Schedule:
         raise ValueError(f"cannot read a noise schedule from {name}: no beta_schedule/trained_betas in its config")
     return VPDiscrete(beta_schedule=cfg["beta_schedule"], beta_start=cfg.get("beta_start", 1e-4),
                       beta_end=cfg.get("beta_end", 0.02), num_train_timesteps=cfg.get("num_train_timesteps", 1000))
+
+
+def same_process(a: Schedule, b: Schedule) -> bool:
+    """Whether two schedules describe the same ``alpha_t``, ``sigma_t`` in the same time convention.
+
+    Discrete VP schedules compare their ``alphas_cumprod`` (named betas and explicit tables of the
+    same values agree); flow schedules always agree (``alpha = 1 - t``, ``sigma = t``, whatever
+    ``[t_min, t_max]`` a grid may use); other kinds compare their configs.
+    """
+    if isinstance(a, VPDiscrete) and isinstance(b, VPDiscrete):
+        return a.alphas_cumprod.shape == b.alphas_cumprod.shape and bool(
+            torch.allclose(a.alphas_cumprod, b.alphas_cumprod, rtol=1e-9, atol=0))
+    if isinstance(a, Flow) and isinstance(b, Flow):
+        return True
+    return a == b

@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from s4s.grids import validate_grid
 from s4s.schedules import Schedule, schedule_from_config
 
-__all__ = ["Tables", "Solver", "SolverFileError", "integrate", "weighted_sum", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["Tables", "Solver", "SolverFileError", "Recurrence", "integrate", "weighted_sum", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "s4s.solver"
 FORMAT_VERSION = 1
@@ -63,6 +63,26 @@ class Tables:
     def has_corrector(self) -> bool:
         return self.ac is not None
 
+    def why_cannot_start_at(self, k: int) -> str:
+        """Why the solver cannot begin at step ``k`` with no history (empty string when it can).
+
+        From ``x_k`` on, every predictor row ``i >= k`` and corrector row ``i >= k`` (which corrects
+        ``x_{i+1}``) must give zero weight to states and outputs before ``k``.
+        """
+        if not 0 <= k < self.nfe:
+            return f"start step {k} is outside 0..{self.nfe - 1}"
+        if k == 0:
+            return ""
+        rows = [("a", self.a[k:, :k]), ("b", self.b[k:, :k])]
+        if self.ac is not None:
+            rows += [("ac", self.ac[k:, :k]), ("bc", self.bc[k:, :k])]
+        used = [name for name, block in rows if bool((block != 0).any())]
+        if used:
+            return (f"this {self.nfe}-call solver cannot start at step {k}: its steps from there on use the history "
+                    f"of earlier steps (non-zero {', '.join(used)} entries before column {k}), which a loop "
+                    f"started part-way (img2img / inpainting with strength < 1) does not have")
+        return ""
+
 
 def weighted_sum(coef: Tensor, items: list[Tensor]) -> Tensor:
     """``sum_j coef[j] * items[j]`` for tensors of any rank (only over the given items)."""
@@ -72,38 +92,65 @@ def weighted_sum(coef: Tensor, items: list[Tensor]) -> Tensor:
     return out
 
 
+class Recurrence:
+    r"""The one stepping recurrence: the history between model calls, advanced one call at a time.
+
+    After call ``i`` (output ``D_i`` made at the point ``x``), :meth:`push` records the state
+    ``x_i`` — the called point itself for ``i = start`` or without a corrector, else the corrected
+    ``x_i = sum_{j<i} ac[i-1, j] x_j + sum_{j<=i} bc[i-1, j] D_j`` — and returns the predictor
+    ``x_{i+1} = sum_{j<=i} a[i, j] x_j + sum_{j<=i} b[i, j] D_j``: the point of call ``i + 1``, or
+    ``x_N`` after the last call. :func:`integrate` and the diffusers scheduler both step with it.
+
+    ``start = k > 0`` begins at ``x_k`` with no history; it is allowed only when no row used from
+    there on reaches back before ``k`` (:meth:`Tables.can_start_at`), e.g. single-step tables.
+    """
+
+    def __init__(self, tables: "Tables", dtype: torch.dtype, device: torch.device | str | None = None, start: int = 0):
+        reason = tables.why_cannot_start_at(start)
+        if reason:
+            raise ValueError(reason)
+        self.start, self.n = start, tables.nfe
+        self.a, self.b = tables.a.to(device, dtype), tables.b.to(device, dtype)
+        self.ac = tables.ac.to(device, dtype) if tables.ac is not None else None
+        self.bc = tables.bc.to(device, dtype) if tables.bc is not None else None
+        self.xs: list[Tensor] = []
+        self.ds: list[Tensor] = []
+
+    @property
+    def index(self) -> int:
+        """The index of the next model call."""
+        return self.start + len(self.ds)
+
+    def push(self, d: Tensor, x: Tensor) -> Tensor:
+        """Record ``D_i`` made at ``x``; return the next point (see the class doc)."""
+        i, k = self.index, self.start
+        if i >= self.n:
+            raise RuntimeError(f"a {self.n}-call solver got model output number {i + 1}")
+        self.ds.append(d)
+        if i > k and self.ac is not None:
+            x = weighted_sum(self.ac[i - 1, k:i], self.xs) + weighted_sum(self.bc[i - 1, k:i + 1], self.ds)
+        self.xs.append(x)
+        return weighted_sum(self.a[i, k:i + 1], self.xs) + weighted_sum(self.b[i, k:i + 1], self.ds)
+
+
 def integrate(model: ModelCall, x: Tensor, input_times: Tensor, tables: Tables, checkpoint: bool = False,
               callback: Optional[Callable[[int, Tensor, Tensor], None]] = None) -> Tensor:
     """Run the table-driven solver from ``x = x_0`` and return ``x_N`` (exactly N model calls).
 
     ``model(x, s)`` returns D; ``checkpoint=True`` recomputes each call in the backward pass
-    (memory about one model call whatever N is). ``callback(i, x_i, D_i)`` after each call.
+    (memory about one model call whatever N is). ``callback(i, x, D_i)`` after each call, with
+    ``x`` the point the call was made at.
     """
-    n = tables.nfe
-    dtype = x.dtype
-    a, b = tables.a.to(x.device, dtype), tables.b.to(x.device, dtype)
-    ac = tables.ac.to(x.device, dtype) if tables.ac is not None else None
-    bc = tables.bc.to(x.device, dtype) if tables.bc is not None else None
-
-    def call(xi: Tensor, s: Tensor) -> Tensor:
+    state = Recurrence(tables, x.dtype, x.device)
+    for i in range(tables.nfe):
         if checkpoint and torch.is_grad_enabled():
-            return _checkpoint(model, xi, s, use_reentrant=False)
-        return model(xi, s)
-
-    xs, ds = [x], [call(x, input_times[0])]
-    if callback is not None:
-        callback(0, x, ds[0])
-    for i in range(n):
-        x_pred = weighted_sum(a[i, : i + 1], xs) + weighted_sum(b[i, : i + 1], ds)
-        if i == n - 1:
-            return x_pred
-        ds.append(call(x_pred, input_times[i + 1]))
+            d = _checkpoint(model, x, input_times[i], use_reentrant=False)
+        else:
+            d = model(x, input_times[i])
         if callback is not None:
-            callback(i + 1, x_pred, ds[-1])
-        if ac is not None:
-            x_pred = weighted_sum(ac[i, : i + 1], xs) + weighted_sum(bc[i, : i + 2], ds)
-        xs.append(x_pred)
-    raise AssertionError("unreachable")
+            callback(i, x, d)
+        x = state.push(d, x)
+    return x
 
 
 def _matrix_ok(m: Tensor, shape: tuple[int, int], max_col: Callable[[int], int], name: str) -> None:
@@ -173,6 +220,18 @@ class Solver:
             return denoiser(x, s, cond, guidance)
 
         return integrate(model, x_T, self.input_times.to(x_T.device), self.tables, checkpoint, callback)
+
+    def k_sigmas(self) -> Tensor:
+        """The grid as k-diffusion sigmas: VE noise levels ``sigma_t / alpha_t`` of ``t_0 .. t_{N-1}``, then ``0``.
+
+        Pass them to k-diffusion-style samplers (:func:`s4s.integrations.k_diffusion.sample_s4s`); the
+        solver still ends at its own last grid point ``t_N``.
+        """
+        if self.schedule is None:
+            raise ValueError("k_sigmas() needs the solver's noise schedule")
+        g = self.grid.detach()
+        ve = self.schedule.sigma(g) / self.schedule.alpha(g)
+        return torch.cat([ve[:-1], torch.zeros(1, dtype=ve.dtype)])
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -4,13 +4,13 @@ r"""k-diffusion-style sampling with an s4s solver.
 signature of k-diffusion's ``sample_*`` functions, so UIs built on that convention can call it.
 ``model(x, sigma, **extra_args)`` is a VE-coordinate denoiser (EDM / k-diffusion wrappers) and
 ``x = sigmas[0] * noise``. The solver runs in its own schedule's coordinates
-``x_s4s = alpha_t x_ve`` (identity on the EDM schedule) on its own grid: a learned grid is part of
-the solver, so ``sigmas`` only has to match its number of steps (a mismatch in values is logged).
+``x_s4s = alpha_t x_ve`` (identity on the EDM schedule) on its own grid, which is part of the
+solver: ``sigmas`` must be that grid's noise levels, ``solver.k_sigmas()`` (``N + 1`` values; the last
+may be ``0``, k-diffusion's convention, or the grid's last noise level); other sigmas are refused.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Optional
 
 import torch
@@ -18,8 +18,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from s4s.solver import Solver, integrate
-
-log = logging.getLogger(__name__)
 
 __all__ = ["sample_s4s"]
 
@@ -38,13 +36,13 @@ def sample_s4s(model: Callable[..., Tensor], x: Tensor, sigmas: Tensor, extra_ar
     steps = len(sigmas) - 1
     if steps != solver.nfe:
         raise ValueError(f"sigmas describe {steps} steps; this solver makes {solver.nfe} model calls")
-    alpha, sigma = sched.alpha(solver.grid), sched.sigma(solver.grid)
-    ve_grid = sigma / alpha
-    given = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
-    if not torch.allclose(given[:1], ve_grid[:1], rtol=1e-3):
-        log.warning("sigmas[0]=%.4g differs from the solver's starting noise level %.4g; x is rescaled to it",
-                    float(given[0]), float(ve_grid[0]))
-        x = x * (float(ve_grid[0]) / float(given[0]))
+    alpha = sched.alpha(solver.grid)
+    ve_grid = sched.sigma(solver.grid) / alpha  # N + 1 noise levels; k_sigmas() ends them with 0 instead
+    given = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu().flatten()
+    last_ok = bool(given[-1] == 0) or bool(torch.isclose(given[-1], ve_grid[-1], rtol=1e-4))
+    if not (torch.allclose(given[:-1], ve_grid[:-1], rtol=1e-4, atol=0) and last_ok):
+        raise ValueError(f"sigmas {given.tolist()} differ from this solver's noise levels {ve_grid.tolist()} "
+                         "(its tables are made for its own grid): pass sigmas=solver.k_sigmas()")
     s_in = x.new_ones([x.shape[0]])
     bar = tqdm(total=solver.nfe, disable=disable)
 
