@@ -28,7 +28,7 @@ __all__ = [
     "Solver", "SolverFileError", "Tables", "integrate",
     "GaussianMixture",
     "learn", "LearnConfig", "TeacherData",
-    "S4SScheduler", "ClassConditionalPipeline", "sample_s4s", "load_model",
+    "S4SScheduler", "ClassConditionalPipeline", "sample_s4s", "load_model", "bundled_model_path",
 ]
 
 
@@ -46,8 +46,8 @@ def __getattr__(name: str):
         from s4s.integrations.k_diffusion import sample_s4s
 
         return sample_s4s
-    if name == "load_model":
-        from s4s.models import load_model
+    if name in ("load_model", "bundled_model_path"):
+        from s4s import models
 
-        return load_model
+        return getattr(models, name)
     raise AttributeError(f"module 's4s' has no attribute {name!r}")

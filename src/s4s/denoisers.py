@@ -199,7 +199,7 @@ class Denoiser:
         def fn(x: Tensor, t: Tensor, cond: Any) -> Tensor:
             dtype = param.dtype if param is not None else x.dtype
             kwargs = dict(cond) if isinstance(cond, dict) else ({} if cond is None else {"class_labels": cond})
-            out = model(x.to(dtype), t.to(dtype), **kwargs)
+            out = model(x.to(dtype), timestep=t.to(dtype), **kwargs)
             out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, tuple) else out)
             return out.to(x.dtype)
 

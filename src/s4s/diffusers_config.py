@@ -30,12 +30,15 @@ __all__ = ["SchedulerSpec", "read_scheduler_config", "config_dict", "clip_range_
 
 
 def config_dict(scheduler_or_config: Any) -> dict[str, Any]:
-    """The config of a diffusers scheduler as a plain dict (a dict is returned as a copy)."""
+    """The config of a diffusers scheduler as a plain dict naming its class (a dict is returned as a copy)."""
     config = getattr(scheduler_or_config, "config", scheduler_or_config)
     try:
-        return dict(config)
+        cfg = dict(config)
     except (TypeError, ValueError):
         raise ValueError(f"expected a diffusers scheduler or its config dict, got {type(scheduler_or_config).__name__}") from None
+    if config is not scheduler_or_config:  # a live scheduler: its config does not name its class
+        cfg.setdefault("_class_name", type(scheduler_or_config).__name__)
+    return cfg
 
 
 def is_flow_config(cfg: dict[str, Any]) -> bool:
@@ -69,7 +72,15 @@ class SchedulerSpec:
 
 
 def read_scheduler_config(scheduler_or_config: Any, prediction_type: Optional[str] = None) -> SchedulerSpec:
-    """Read a diffusers scheduler (or config dict); ``prediction_type`` must agree with the config's if both are given."""
+    """Read a diffusers scheduler (or config dict); ``prediction_type`` must agree with the config's if both are given.
+
+    An :class:`~s4s.S4SScheduler` answers with the spec it was built from.
+    """
+    own = getattr(scheduler_or_config, "spec", None)
+    if isinstance(own, SchedulerSpec):
+        if prediction_type is not None and check_prediction_type(prediction_type) != own.prediction_type:
+            raise ValueError(f"prediction_type={prediction_type!r} conflicts with the scheduler's {own.prediction_type!r}")
+        return own
     cfg = config_dict(scheduler_or_config)
     if cfg.get("thresholding"):
         raise ValueError("the scheduler config sets thresholding: true (dynamic thresholding), which s4s does not "

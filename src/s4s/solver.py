@@ -96,20 +96,14 @@ class Recurrence:
     r"""The one stepping recurrence: the history between model calls, advanced one call at a time.
 
     After call ``i`` (output ``D_i`` made at the point ``x``), :meth:`push` records the state
-    ``x_i`` — the called point itself for ``i = start`` or without a corrector, else the corrected
+    ``x_i`` — the called point itself for ``i = 0`` or without a corrector, else the corrected
     ``x_i = sum_{j<i} ac[i-1, j] x_j + sum_{j<=i} bc[i-1, j] D_j`` — and returns the predictor
     ``x_{i+1} = sum_{j<=i} a[i, j] x_j + sum_{j<=i} b[i, j] D_j``: the point of call ``i + 1``, or
     ``x_N`` after the last call. :func:`integrate` and the diffusers scheduler both step with it.
-
-    ``start = k > 0`` begins at ``x_k`` with no history; it is allowed only when no row used from
-    there on reaches back before ``k`` (:meth:`Tables.can_start_at`), e.g. single-step tables.
     """
 
-    def __init__(self, tables: "Tables", dtype: torch.dtype, device: torch.device | str | None = None, start: int = 0):
-        reason = tables.why_cannot_start_at(start)
-        if reason:
-            raise ValueError(reason)
-        self.start, self.n = start, tables.nfe
+    def __init__(self, tables: "Tables", dtype: torch.dtype, device: torch.device | str | None = None):
+        self.n = tables.nfe
         self.a, self.b = tables.a.to(device, dtype), tables.b.to(device, dtype)
         self.ac = tables.ac.to(device, dtype) if tables.ac is not None else None
         self.bc = tables.bc.to(device, dtype) if tables.bc is not None else None
@@ -119,18 +113,18 @@ class Recurrence:
     @property
     def index(self) -> int:
         """The index of the next model call."""
-        return self.start + len(self.ds)
+        return len(self.ds)
 
     def push(self, d: Tensor, x: Tensor) -> Tensor:
         """Record ``D_i`` made at ``x``; return the next point (see the class doc)."""
-        i, k = self.index, self.start
+        i = self.index
         if i >= self.n:
             raise RuntimeError(f"a {self.n}-call solver got model output number {i + 1}")
         self.ds.append(d)
-        if i > k and self.ac is not None:
-            x = weighted_sum(self.ac[i - 1, k:i], self.xs) + weighted_sum(self.bc[i - 1, k:i + 1], self.ds)
+        if i > 0 and self.ac is not None:
+            x = weighted_sum(self.ac[i - 1, :i], self.xs) + weighted_sum(self.bc[i - 1, :i + 1], self.ds)
         self.xs.append(x)
-        return weighted_sum(self.a[i, k:i + 1], self.xs) + weighted_sum(self.b[i, k:i + 1], self.ds)
+        return weighted_sum(self.a[i, :i + 1], self.xs) + weighted_sum(self.b[i, :i + 1], self.ds)
 
 
 def integrate(model: ModelCall, x: Tensor, input_times: Tensor, tables: Tables, checkpoint: bool = False,
@@ -220,6 +214,24 @@ class Solver:
             return denoiser(x, s, cond, guidance)
 
         return integrate(model, x_T, self.input_times.to(x_T.device), self.tables, checkpoint, callback)
+
+    def from_step(self, k: int) -> "Solver":
+        """The same solver started at step ``k`` from the state ``x_k`` (grid ``t_k .. t_N``, ``N - k`` calls).
+
+        Only where no step from ``k`` on uses the history before ``k`` (:meth:`Tables.why_cannot_start_at`):
+        single-step tables (DDIM) can start anywhere, multistep tables only at 0; otherwise one
+        ``ValueError`` says why. This is what img2img / inpainting with ``strength < 1`` runs.
+        """
+        reason = self.tables.why_cannot_start_at(k)
+        if reason:
+            raise ValueError(reason)
+        if k == 0:
+            return self
+        t = self.tables
+        tables = Tables(t.a[k:, k:], t.b[k:, k:], None if t.ac is None else t.ac[k:, k:],
+                        None if t.bc is None else t.bc[k:, k:])
+        return Solver(self.grid[k:], tables, self.input_times[k:], self.schedule,
+                      {**self.metadata, "started_at_step": k})
 
     def k_sigmas(self) -> Tensor:
         """The grid as k-diffusion sigmas: VE noise levels ``sigma_t / alpha_t`` of ``t_0 .. t_{N-1}``, then ``0``.

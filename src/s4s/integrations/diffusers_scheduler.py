@@ -16,10 +16,12 @@ Conventions, as diffusers pipelines expect them:
 
 * ``timesteps`` are the solver's input times in the network's convention: the training index for
   discrete VP models, ``num_train_timesteps * t`` for flow models (``1000 sigma``).
-* The initial noise: VP pipelines multiply unit noise by ``init_noise_sigma = sigma(t_0)``; flow
-  pipelines pass unit noise (the state at ``t = 1``), which the first step maps to the solver's
-  first grid point ``t_0 < 1`` as ``x_0 = t_0 * noise``, exactly the state ``solver.sample`` starts
-  from with the same draw.
+* The initial noise is the solver's first state ``x_0`` as the pipeline hands it over: VP pipelines
+  multiply unit noise by ``init_noise_sigma = sigma(t_0)`` (``solver.sample`` from
+  ``schedule.prior_noise`` with the same draw); flow pipelines pass unit noise, the state at
+  ``t = 1``, and the first call already sees it, so the solver starts from it at its first grid
+  point ``t_0 = t_max < 1`` (0.999 by default; the prior there is ``t_0 * noise``, a 1e-3 relative
+  difference). s4s's own loop gives the same result from ``solver.sample(denoiser, noise)``.
 * Starting part-way (img2img / inpainting, ``strength < 1``): ``set_begin_index(k)`` (or the first
   ``timestep`` given to ``step``) picks step ``k``; ``add_noise`` / ``scale_noise`` at a listed
   timestep put the image at that step's *grid* time. A solver whose later steps use the history of
@@ -100,20 +102,24 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
         self.solver = solver if isinstance(solver, Solver) else Solver.from_dict(solver)
         if self.solver.schedule is None:
             raise ValueError("the solver must record its noise schedule to be used as a diffusers scheduler")
-        config = dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                      beta_schedule=beta_schedule, trained_betas=trained_betas, prediction_type=prediction_type,
-                      clip_sample=clip_sample, clip_sample_range=clip_sample_range, use_flow_sigmas=use_flow_sigmas,
-                      shift=shift, use_dynamic_shifting=use_dynamic_shifting, base_shift=base_shift,
-                      max_shift=max_shift, base_image_seq_len=base_image_seq_len,
-                      max_image_seq_len=max_image_seq_len, time_shift_type=time_shift_type)
-        if prediction_type is None:
-            if not isinstance(self.solver.schedule, Flow):
+        self.flow = isinstance(self.solver.schedule, Flow)
+        if self.flow:  # diffusers' flow schedulers: velocity output, no clamp, these keys only
+            config: dict[str, Any] = dict(num_train_timesteps=num_train_timesteps, shift=shift,
+                                          use_dynamic_shifting=use_dynamic_shifting, base_shift=base_shift,
+                                          max_shift=max_shift, base_image_seq_len=base_image_seq_len,
+                                          max_image_seq_len=max_image_seq_len, time_shift_type=time_shift_type)
+            if prediction_type not in (None, "flow_prediction") or clip_sample:
+                raise ValueError(f"a flow solver serves velocity models without a clamp; got prediction_type="
+                                 f"{prediction_type!r}, clip_sample={clip_sample!r}")
+            spec = read_scheduler_config({**config, "prediction_type": "flow_prediction"})
+        else:
+            if prediction_type is None:
                 raise ValueError("S4SScheduler needs the network's prediction_type: build it with "
                                  "S4SScheduler.from_solver(solver, pipe.scheduler), or pass prediction_type=")
-            config["prediction_type"] = "flow_prediction"
-        if isinstance(self.solver.schedule, Flow):
-            config["use_flow_sigmas"] = True
-        spec = read_scheduler_config(config)
+            config = dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                          beta_schedule=beta_schedule, trained_betas=trained_betas, prediction_type=prediction_type,
+                          clip_sample=clip_sample, clip_sample_range=clip_sample_range)
+            spec = read_scheduler_config(config)
         if not same_process(spec.schedule, self.solver.schedule):
             raise ValueError(f"the solver was built for {self.solver.schedule!r}; the scheduler config describes "
                              f"another schedule ({spec.schedule!r})")
@@ -121,7 +127,6 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
         self.register_to_config(**{SOLVER_KEY: self.solver.to_dict()})
         self.spec = spec
         self.schedule: Schedule = self.solver.schedule
-        self.flow = isinstance(self.schedule, Flow)
         grid = self.solver.grid
         self.init_noise_sigma = 1.0 if self.flow else float(self.schedule.sigma(grid[0]))
         # diffusers' sigmas: the noise level of each state (VE sigma for VP, t itself for flow), ending at t_N
@@ -157,9 +162,18 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"{config.get('_class_name', 'this')} config holds no s4s solver: use "
                              "S4SScheduler.from_config(config, solver=s4s.Solver.load('solver.json')) or "
                              "S4SScheduler.from_solver(solver, pipe.scheduler)")
-        if kwargs.get("prediction_type") is None:
-            # what the config states (diffusers' default: epsilon); refuses thresholding, zero-SNR rescaling, ...
-            kwargs["prediction_type"] = read_scheduler_config(config).prediction_type
+        if stored is None and config.get("_class_name") != cls.__name__:  # another scheduler's config
+            solver = solver if isinstance(solver, Solver) else Solver.from_dict(solver)
+            try:  # refuses thresholding, zero-SNR rescaling, ...
+                spec = read_scheduler_config(config)
+            except ValueError as err:
+                raise ValueError(f"the solver was built for {solver.schedule!r}; the scheduler config does not "
+                                 f"describe it: {err}") from None
+            if solver.schedule is None or not same_process(spec.schedule, solver.schedule):
+                raise ValueError(f"the solver was built for {solver.schedule!r}; the scheduler config describes "
+                                 f"another schedule ({spec.schedule!r})")
+            if kwargs.get("prediction_type") is None and not isinstance(spec.schedule, Flow):
+                kwargs["prediction_type"] = spec.prediction_type
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, solver=solver, **kwargs)
 
     # --- times -----------------------------------------------------------------------------
@@ -168,6 +182,7 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
 
     def _reset(self) -> None:
         self._state: Optional[Recurrence] = None
+        self._start = 0
         self._step_index: Optional[int] = None
 
     @property
@@ -257,11 +272,9 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
         dtype = torch.promote_types(sample.dtype, torch.float32)
         x = sample.to(dtype)
         if self._state is None:
-            start = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
-            self._state = Recurrence(self.solver.tables, dtype, sample.device, start=start)
-            if start == 0 and self.flow:
-                x = x * float(self.solver.grid[0])  # unit noise (the state at t = 1) -> the state at t_0
-        i = self._state.index
+            self._start = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
+            self._state = Recurrence(self.solver.from_step(self._start).tables, dtype, sample.device)
+        i = self._start + self._state.index
         if i >= self.solver.nfe:
             raise RuntimeError(f"step() called {i + 1} times for a {self.solver.nfe}-call solver; "
                                "call set_timesteps() first")
@@ -271,7 +284,7 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"step() got timestep {value:g}, but step {i} of this solver is at {expected:g}")
         d = self._to_denoised(model_output.to(dtype), x, self.solver.input_times[i].to(sample.device))
         prev = self._state.push(d, x).to(sample.dtype)
-        self._step_index = self._state.index
+        self._step_index = i + 1
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 
     def _grid_times(self, timesteps: Tensor) -> Tensor:
