@@ -366,3 +366,19 @@ def test_k_diffusion_sigmas_must_be_the_solver_s(gmm, noise8, vp):
     moved[2] *= 1.1
     with pytest.raises(ValueError, match="differ from this solver's noise levels"):
         sample_s4s(model, noise8 * sigmas[0], moved, solver=solver, disable=True)
+
+
+@pytest.mark.parametrize("name", ["mnist-unet", "mnist-flow-unet"])
+def test_a_pipeline_saved_with_s4s_scheduler_loads_as_the_same_model(name, tmp_path):
+    folder = s4s.bundled_model_path(name)
+    original = s4s.load_model(folder)
+    pipe = s4s.ClassConditionalPipeline.from_pretrained(folder)
+    pipe.scheduler = S4SScheduler.from_solver(s4s.baseline("ddim", original.schedule, 3, grid="time"), pipe.scheduler)
+    pipe.save_pretrained(tmp_path / name)
+    again = s4s.load_model(tmp_path / name)
+    assert s4s.schedules.same_process(again.schedule, original.schedule)
+    assert again.fingerprint == original.fingerprint and again.denoiser.clip_range == original.denoiser.clip_range
+    x = torch.randn(2, 1, 28, 28)
+    t = torch.tensor(0.5 if name == "mnist-flow-unet" else 500.0)
+    with torch.no_grad():
+        assert torch.equal(again.denoiser(x, t, torch.tensor([1, 2])), original.denoiser(x, t, torch.tensor([1, 2])))

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from s4s.prediction import check_prediction_type
-from s4s.schedules import Flow, Schedule, schedule_from_diffusers
+from s4s.schedules import Flow, Schedule, is_flow_config, schedule_from_diffusers
 
-__all__ = ["SchedulerSpec", "read_scheduler_config", "config_dict", "clip_range_from_config", "is_flow_config"]
+__all__ = ["SchedulerSpec", "read_scheduler_config", "config_dict", "clip_range_from_config"]
 
 
 def config_dict(scheduler_or_config: Any) -> dict[str, Any]:
@@ -39,12 +39,6 @@ def config_dict(scheduler_or_config: Any) -> dict[str, Any]:
     if config is not scheduler_or_config:  # a live scheduler: its config does not name its class
         cfg.setdefault("_class_name", type(scheduler_or_config).__name__)
     return cfg
-
-
-def is_flow_config(cfg: dict[str, Any]) -> bool:
-    """A flow-matching config: a ``FlowMatch*`` class, ``use_flow_sigmas`` or ``flow_prediction``."""
-    return ("FlowMatch" in str(cfg.get("_class_name", "")) or bool(cfg.get("use_flow_sigmas"))
-            or cfg.get("prediction_type") == "flow_prediction")
 
 
 def clip_range_from_config(cfg: dict[str, Any]) -> Optional[tuple[float, float]]:

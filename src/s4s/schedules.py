@@ -43,6 +43,7 @@ __all__ = [
     "Flow",
     "schedule_from_config",
     "schedule_from_diffusers",
+    "is_flow_config",
     "same_process",
     "interp",
 ]
@@ -337,6 +338,15 @@ def schedule_from_config(config: dict[str, Any]) -> Schedule:
     return _KINDS[kind](**cfg)
 
 
+def is_flow_config(cfg: dict[str, Any]) -> bool:
+    """A flow-matching config: a ``FlowMatch*`` class, ``use_flow_sigmas``, ``flow_prediction``, or an
+    ``S4SScheduler`` config holding a flow solver."""
+    stored = cfg.get("_s4s_solver")  # an S4SScheduler's config: its solver names the schedule
+    stored_kind = (stored.get("schedule") or {}).get("kind") if isinstance(stored, dict) else None
+    return ("FlowMatch" in str(cfg.get("_class_name", "")) or bool(cfg.get("use_flow_sigmas"))
+            or cfg.get("prediction_type") == "flow_prediction" or stored_kind == "flow")
+
+
 def schedule_from_diffusers(scheduler_or_config: Any) -> Schedule:
     """Build the schedule a diffusers scheduler (or its ``config``) describes.
 
@@ -347,7 +357,7 @@ def schedule_from_diffusers(scheduler_or_config: Any) -> Schedule:
     config = getattr(scheduler_or_config, "config", scheduler_or_config)
     cfg = dict(config)
     name = cfg.get("_class_name") or type(scheduler_or_config).__name__
-    if "FlowMatch" in str(name) or cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction":
+    if is_flow_config({"_class_name": name, **cfg}):
         return Flow()
     if cfg.get("rescale_betas_zero_snr"):
         raise ValueError(f"{name}: rescale_betas_zero_snr=True gives zero terminal SNR (infinite log-SNR at t = T), "
