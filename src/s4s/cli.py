@@ -5,12 +5,66 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
+
+from s4s.io import atomic_write_text
 
 log = logging.getLogger("s4s")
+
+
+# --- argument checks: every range in one table, checked right after parsing, before any work ---------
+NO_GUIDANCE = "none"
+
+# dest -> (valid range in words, check); a list value (nargs) is checked element by element.
+ARG_RULES: dict[str, tuple[str, Any]] = {
+    "nfe": ("an integer >= 1", lambda v: v >= 1),
+    "num_samples": ("an integer >= 2", lambda v: v >= 2),
+    "samples": ("an integer >= 1", lambda v: v >= 1),
+    "steps": ("an integer >= 1", lambda v: v >= 1),
+    "batch_size": ("an integer >= 1", lambda v: v >= 1),
+    "seed": ("an integer >= 0", lambda v: v >= 0),
+    "lr": ("a finite number > 0", lambda v: math.isfinite(v) and v > 0),
+    "ball_radius": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+    "guidance": ("a finite number (or 'none' for s4s eval)",
+                 lambda v: v == NO_GUIDANCE or (isinstance(v, float) and math.isfinite(v))),
+    "save_images": ("a .png file name", lambda v: Path(v).suffix.lower() == ".png"),
+}
+
+
+def guidance_arg(text: str) -> Any:
+    """``--guidance``: a number, or ``none`` (explicitly unguided)."""
+    return NO_GUIDANCE if text.strip().lower() == NO_GUIDANCE else float(text)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """One ``ValueError`` for the first argument outside its range (:data:`ARG_RULES`)."""
+    for dest, (valid, ok) in ARG_RULES.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if dest == "guidance" and value == NO_GUIDANCE and args.command != "eval":
+            raise ValueError("--guidance none is for s4s eval; leave --guidance out instead")
+        flag = "--samples" if (args.command, dest) == ("learn", "num_samples") else f"--{dest.replace('_', '-')}"
+        for v in value if isinstance(value, list) else [value]:
+            if not ok(v):
+                raise ValueError(f"{flag} must be {valid}, got {v}")
+
+
+def json_text(value: Any) -> str:
+    """``value`` as valid JSON: NaN / inf (never valid JSON) become null."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(value), allow_nan=False)
 
 
 def _cmd_bench_baselines(args: argparse.Namespace) -> int:
@@ -37,12 +91,17 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     from s4s.learn.model_losses import resolve_loss
     from s4s.models import load_model
 
+    from s4s.io import check_writable, check_writable_dir
+
     if args.out.exists() and not (args.force or args.resume):
         raise ValueError(f"{args.out} exists; pass --force to overwrite it (or --resume to continue its run)")
-    if args.nfe < 1:
-        raise ValueError(f"--nfe must be >= 1, got {args.nfe}")
+    run_dir = args.run_dir or args.out.with_name(args.out.stem + "-run")
+    check_writable(args.out, "--out")  # before any teacher or learning work
+    check_writable_dir(run_dir, "--run-dir")
     t0 = time.time()
     model = load_model(args.model, device=resolve_device(args.device))
+    if args.guidance is not None and not model.num_classes:
+        raise ValueError(f"--guidance needs a class-conditional model; {model.name} has no class labels")
     options = dict(PRESETS[args.preset])
     for key in ("teacher", "num_samples", "steps", "batch_size", "lr", "loss", "ball_radius", "base", "grid", "learn_a",
                 "lr_decay"):
@@ -52,14 +111,12 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     options["loss"], feature_fn = resolve_loss(model, options.get("loss"))
     if args.decode_loss and not model.is_latent:
         raise ValueError("--decode-loss needs a latent pipeline (a folder with a vae/ or vqvae/ component)")
-    run_dir = args.run_dir or args.out.with_name(args.out.stem + "-run")
     labels = model.labels(options["num_samples"], guided=args.guidance is not None)
     result = learn_with_result(model.denoiser, model.schedule, args.nfe, model.sample_shape, method=args.method,
                                labels=labels, guidance=args.guidance, seed=args.seed, run_dir=run_dir,
                                resume=args.resume, feature_fn=feature_fn,
                                decode=model.decode if args.decode_loss else None,
                                cache_dir=None if args.no_cache else default_cache_dir() / "teacher", **options)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     result.solver.save(args.out)
     meta = result.solver.metadata
     print(f"learned {args.method} NFE {args.nfe} from {meta['base']}/{meta['grid_init']}: validation RMSE to the "
@@ -75,20 +132,36 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from s4s.bench.model import markdown_table, plot_fd, run_model_bench
     from s4s.models import load_model
 
+    from s4s.baselines import BASELINES, HEUN
+    from s4s.bench.model import load_cells
+    from s4s.grids import GRIDS
+    from s4s.io import check_writable_dir
+
     if not args.baselines and not args.methods:
         raise ValueError("s4s bench: nothing to run (--baselines and --methods are both empty)")
+    unknown = sorted(set(args.baselines) - set(BASELINES) - {HEUN}) + sorted(set(args.grids) - set(GRIDS))
+    if unknown:
+        raise ValueError(f"unknown baseline(s) or grid(s) {unknown}; baselines: {sorted(BASELINES)}, grids: {sorted(GRIDS)}")
+    results = args.out / "results.json"
+    if results.exists() and not (args.force or args.merge):
+        raise ValueError(f"{results} holds earlier results; pass --merge to add these cells to them (same method and "
+                         "NFE: replaced) or --force to overwrite them")
+    earlier = load_cells([results]) if results.exists() and args.merge else []
+    check_writable_dir(args.out, "--out")
     model = load_model(args.model, device=resolve_device(args.device))
+    if args.guidance is not None and not model.num_classes:
+        raise ValueError(f"--guidance needs a class-conditional model; {model.name} has no class labels")
     cells = run_model_bench(model, args.nfe, args.baselines, args.grids, args.methods, args.num_samples, args.out,
                             seed=args.seed, guidance=args.guidance, preset=args.preset,
                             cache_dir=None if args.no_cache else default_cache_dir() / "teacher",
-                            teacher_metric=args.teacher_rmse)
+                            teacher_metric=args.teacher_rmse, earlier=earlier)
     notes = [f"Model: {model.name}. FD in MNIST classifier features (lower is better), {args.num_samples} samples "
              f"per cell, seed {args.seed}, guidance {args.guidance}. Baselines on their best grid of "
              f"{', '.join(args.grids)} (shown); learned solvers with preset '{args.preset}'. Bold: learned and better "
              "than every baseline at that NFE.", "",
              "Command: `s4s " + " ".join(sys.argv[1:]) + "`"]
     table = markdown_table(cells, "Baselines vs learned solvers", notes)
-    (args.out / "bench.md").write_text(table)
+    atomic_write_text(args.out / "bench.md", table)
     plot_fd(cells, args.out / "fd_vs_nfe.png", f"{model.name}: FD vs NFE")
     print(table)
     return 0
@@ -102,7 +175,7 @@ def _cmd_bench_report(args: argparse.Namespace) -> int:
     notes = list(args.note) + ["", f"Merged by `s4s bench-report {merged} --out {args.out}`"]
     table = markdown_table(cells, args.title, notes)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.md").write_text(table)
+    atomic_write_text(args.out / "bench.md", table)
     save_cells(cells, args.out / "results.json")
     plot_fd(cells, args.out / "fd_vs_nfe.png", args.title)
     print(table)
@@ -133,12 +206,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; anything else as given."""
-    if name != "auto":
-        return name
+    """``auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; anything else is checked to exist."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device {name}: PyTorch sees no such CUDA GPU ({torch.cuda.device_count()} visible)")
+    if device.type not in ("cpu", "cuda") and not getattr(torch, device.type, None):
+        raise ValueError(f"--device {name}: this PyTorch has no {device.type} backend")
+    return name
 
 
 def default_cache_dir() -> Path:
@@ -151,19 +232,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from s4s.eval.runner import evaluate, resolve_sampler
     from s4s.models import load_model
 
+    from s4s.eval.runner import METRICS
+    from s4s.io import check_writable
+
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown or not metrics:
+        raise ValueError(f"--metrics: unknown or no metric(s) {unknown}; choose a comma list of {list(METRICS)}")
+    if args.save_images is not None:
+        if args.save_images.exists() and not args.force:
+            raise ValueError(f"--save-images {args.save_images} exists; pass --force to overwrite it")
+        check_writable(args.save_images, "--save-images")
     model = load_model(args.model, device=resolve_device(args.device))
     sampler = resolve_sampler(args.solver, model, args.nfe, args.grid)
+    guidance = resolve_guidance(args.guidance, sampler)
     feature_net = None
     if "fd" in metrics:
         feature_net = feature_network_for(model.image_shape, args.inception_weights, args.reference_stats, model.device)
-    result = evaluate(model, sampler, num_samples=args.num_samples, seed=args.seed, guidance=args.guidance,
+    result = evaluate(model, sampler, num_samples=args.num_samples, seed=args.seed, guidance=guidance,
                       metrics=metrics, teacher=args.teacher, batch_size=args.batch_size, feature_net=feature_net,
                       cache_dir=None if args.no_cache else default_cache_dir() / "teacher",
                       save_images=args.save_images, solver_label=args.solver)
     result["grid"] = None if args.solver.endswith(".json") else args.grid
     if args.json:
-        print(json.dumps(result))
+        print(json_text(result))
     else:
         fd = "-" if result["fd"] is None else f"{result['fd']:.4f} ({result['feature_space']})"
         rmse = "-" if result["teacher_rmse"] is None else f"{result['teacher_rmse']:.4f} (vs {result['teacher']})"
@@ -174,6 +266,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"  accuracy:     {result['accuracy']:.4f}")
         print(f"  time:         {result['seconds']:.1f} s (sampling {result['sample_seconds']:.1f} s)")
     return 0
+
+
+def resolve_guidance(arg: Any, sampler: Any) -> Optional[float]:
+    """``--guidance``: a scale, ``none`` (unguided), or absent: the scale the solver was learned with."""
+    if arg == NO_GUIDANCE:
+        return None
+    if arg is not None:
+        return float(arg)
+    recorded = sampler.metadata.get("guidance")
+    if recorded is not None:
+        log.info("guidance %g: the scale the solver was learned with (--guidance none: unguided)", recorded)
+    return recorded
 
 
 def _add_device_option(p: argparse.ArgumentParser) -> None:
@@ -211,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="auto", choices=["auto", *LOSSES],
                    help="auto (default): perceptual for 1x28x28 pixel models (the bundled independent MNIST network), "
                         "else l2")
-    p.add_argument("--samples", dest="num_samples", type=int, default=None, help="teacher samples (25%% validation)")
+    p.add_argument("--samples", dest="num_samples", type=int, default=None,
+                   help="teacher samples, >= 2 (25%% validation)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None,
@@ -224,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "FD 55.17 vs 19.70 at NFE 5 on the bundled model, docs/bench_mnist)")
     p.add_argument("--learn-a", action=argparse.BooleanOptionalAction, default=None,
                    help="also learn the state weights a (default from the preset: on; --no-learn-a is the paper's form)")
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance", type=guidance_arg, default=None,
+                   help="classifier-free guidance scale to learn for (class-conditional models)")
     p.add_argument("--decode-loss", action="store_true", help="latent pipelines: decode before the loss (default: latent loss)")
     p.add_argument("--preset", choices=["default", "fast"], default="default")
     p.add_argument("--seed", type=int, default=0)
@@ -246,11 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="*", default=["s4s", "s4s-alt", "s4s-alt-pc"], help="none: baselines only")
     p.add_argument("--num-samples", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance", type=guidance_arg, default=None)
     p.add_argument("--preset", choices=["default", "fast"], default="default")
     p.add_argument("--teacher-rmse", action="store_true", help="also measure RMSE to the teacher (costly)")
     p.add_argument("--no-cache", action="store_true")
-    p.add_argument("--out", type=Path, default=Path("docs/bench_mnist"))
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for results.json, bench.md, plots")
+    p.add_argument("--merge", action="store_true", help="add to the cells of an existing results.json in --out "
+                                                        "(a cell of the same method and NFE is replaced)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing results.json in --out")
     _add_device_option(p)
     p.set_defaults(func=_cmd_bench)
 
@@ -268,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default="logsnr", help="time grid for a baseline: edm, time, logsnr, quadratic")
     p.add_argument("--num-samples", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (class-balanced labels)")
+    p.add_argument("--guidance", type=guidance_arg, default=None,
+                   help="classifier-free guidance scale (class-balanced labels); default: the scale a learned solver "
+                        "records, else unguided; 'none': unguided")
     p.add_argument("--metrics", default="fd", help="comma list of: fd, teacher")
     p.add_argument("--teacher", default="unipc_bh2:100", help="NAME:NFE or rk45:TOL, the reference solver for --metrics teacher")
     p.add_argument("--batch-size", type=int, default=500)
@@ -277,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not cache teacher samples")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--save-images", type=Path, default=None, help="write the first 100 samples as a PNG grid")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --save-images file")
     _add_device_option(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -289,15 +401,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Failures a user can cause (bad input, missing or damaged files, no such device, non-finite samples):
+# one line and exit code 2. Anything else is a bug in s4s: one line saying so, exit code 1.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, TypeError, FloatingPointError,
+                                                    ImportError, KeyError, EOFError)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    first = text.splitlines()[0]
+    return first if len(first) <= 600 else first[:600] + " ..."
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; every failure is one line on stderr (the traceback only with ``-v``)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:
+        check_args(args)
         return args.func(args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        log.error("%s", err)
+    except KeyboardInterrupt:
+        log.error("interrupted (a learning run continues with --resume; cached teacher batches are kept)")
+        return 130
+    except EXPECTED_ERRORS as err:
+        if args.verbose:
+            log.exception("%s", _one_line(err))
+        else:
+            log.error("%s%s", "" if isinstance(err, ValueError) else f"{type(err).__name__}: ", _one_line(err))
         return 2
+    except Exception as err:  # noqa: BLE001 - a bug: say so in one line, the traceback with -v
+        if args.verbose:
+            log.exception("internal error")
+        else:
+            log.error("internal error (a bug in s4s; rerun with -v for the traceback): %s: %s", type(err).__name__,
+                      _one_line(err))
+        return 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from s4s.checks import check_model_output
 from s4s.diffusers_config import read_scheduler_config
 from s4s.prediction import PREDICTION_TYPES, check_prediction_type, to_denoised
 from s4s.schedules import EDM, Flow, Schedule, VPDiscrete
@@ -88,12 +89,14 @@ class Denoiser:
         t = t.to(x.device) if isinstance(t, Tensor) else torch.as_tensor(t, device=x.device)  # .to keeps gradients
         t = (t.expand(x.shape[0]) if t.ndim == 0 else t).to(torch.float64)
         if guidance is None or cond is None:
-            d = self.fn(x, self.time_fn(t), cond)
+            d = check_model_output(self.fn(x, self.time_fn(t), cond), x, self.name)
         else:
             if self.null_cond is None:
                 raise ValueError(f"{self.name}: classifier-free guidance needs a null_cond (the unconditional input)")
             batch = x.shape[0]
-            both = self.fn(torch.cat([x, x]), self.time_fn(torch.cat([t, t])), _cat_cond(cond, self.null_cond))
+            x2 = torch.cat([x, x])
+            both = check_model_output(self.fn(x2, self.time_fn(torch.cat([t, t])), _cat_cond(cond, self.null_cond)),
+                                      x2, self.name)
             d_cond, d_uncond = both[:batch], both[batch:]
             d = d_uncond + guidance * (d_cond - d_uncond)
         return d if self.clip_range is None else d.clamp(*self.clip_range)
@@ -109,8 +112,10 @@ class Denoiser:
                              f"got {schedule!r}")
         time_fn = time_fn or (lambda t: t)
 
+        who = kw.get("name", "the network")
+
         def d(x: Tensor, t: Tensor, cond: Any) -> Tensor:
-            out = fn(x, time_fn(t), cond)
+            out = check_model_output(fn(x, time_fn(t), cond), x, who)
             alpha = _bcast(schedule.alpha(t).to(x.dtype), x)
             sigma = _bcast(schedule.sigma(t).to(x.dtype), x)
             return to_denoised(prediction_type, out, x, alpha, sigma)

@@ -31,13 +31,17 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from s4s.checks import NonFiniteError, check_finite, check_model_output
 from s4s.grids import validate_grid
+from s4s.io import atomic_write_text
 from s4s.schedules import Schedule, schedule_from_config
 
-__all__ = ["Tables", "Solver", "SolverFileError", "Recurrence", "integrate", "weighted_sum", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["Tables", "Solver", "SolverFileError", "NonFiniteError", "Recurrence", "integrate", "weighted_sum", "FORMAT",
+           "FORMAT_VERSION", "MAX_COEFFICIENT"]
 
 FORMAT = "s4s.solver"
 FORMAT_VERSION = 1
+MAX_COEFFICIENT = 1e6  # no sane solver weighs a state or model output by more; larger is corruption or divergence
 
 ModelCall = Callable[[Tensor, Tensor], Tensor]
 
@@ -128,14 +132,16 @@ class Recurrence:
 
 
 def integrate(model: ModelCall, x: Tensor, input_times: Tensor, tables: Tables, checkpoint: bool = False,
-              callback: Optional[Callable[[int, Tensor, Tensor], None]] = None) -> Tensor:
+              callback: Optional[Callable[[int, Tensor, Tensor], None]] = None, check_finite: bool = False) -> Tensor:
     """Run the table-driven solver from ``x = x_0`` and return ``x_N`` (exactly N model calls).
 
     ``model(x, s)`` returns D; ``checkpoint=True`` recomputes each call in the backward pass
     (memory about one model call whatever N is). ``callback(i, x, D_i)`` after each call, with
-    ``x`` the point the call was made at.
+    ``x`` the point the call was made at. ``check_finite``: a non-finite ``x_N`` raises
+    :class:`~s4s.checks.NonFiniteError` naming the first model call (or solver step) that went bad.
     """
     state = Recurrence(tables, x.dtype, x.device)
+    x_in = x
     for i in range(tables.nfe):
         if checkpoint and torch.is_grad_enabled():
             d = _checkpoint(model, x, input_times[i], use_reentrant=False)
@@ -144,7 +150,20 @@ def integrate(model: ModelCall, x: Tensor, input_times: Tensor, tables: Tables, 
         if callback is not None:
             callback(i, x, d)
         x = state.push(d, x)
+    if check_finite and not bool(torch.isfinite(x.detach()).all()):
+        _locate_non_finite(x_in, state, input_times)
     return x
+
+
+def _locate_non_finite(x_in: Tensor, state: Recurrence, input_times: Tensor) -> None:
+    """Raise :class:`NonFiniteError` for the first non-finite input, model output or state of a run."""
+    n = state.n
+    check_finite(x_in, "the initial noise x_T")
+    for i, (xi, d) in enumerate(zip(state.xs, state.ds)):
+        check_finite(xi, f"the state x_{i} (solver step {i - 1} of {n}; its coefficients or the model's earlier outputs)")
+        check_finite(d, f"model call {i + 1} of {n} (input time {float(input_times[i]):.6g}) output")
+    raise NonFiniteError(f"the final solver step {n} of {n} produced NaN or inf from finite inputs "
+                         "(are the solver's coefficients sane?)")
 
 
 def _matrix_ok(m: Tensor, shape: tuple[int, int], max_col: Callable[[int], int], name: str) -> None:
@@ -152,6 +171,10 @@ def _matrix_ok(m: Tensor, shape: tuple[int, int], max_col: Callable[[int], int],
         raise SolverFileError(f"table {name!r} has shape {tuple(m.shape)}, expected {shape}")
     if not bool(torch.isfinite(m).all()):
         raise SolverFileError(f"table {name!r} contains NaN or inf")
+    if bool((m.abs() > MAX_COEFFICIENT).any()):
+        i, j = (m.abs() > MAX_COEFFICIENT).nonzero()[0].tolist()
+        raise SolverFileError(f"table {name!r} entry [{i}, {j}] = {float(m[i, j]):.3g} exceeds the sane magnitude "
+                              f"{MAX_COEFFICIENT:g}")
     for i in range(shape[0]):
         if bool((m[i, max_col(i) + 1:] != 0).any()):
             raise SolverFileError(f"table {name!r} row {i} uses entries beyond column {max_col(i)} (they must be 0)")
@@ -193,6 +216,8 @@ class Solver:
                 self.schedule.check_times(s, "input_times")
         except ValueError as err:
             raise SolverFileError(str(err)) from err
+        if not isinstance(self.metadata, dict):
+            raise SolverFileError(f"metadata must be a dict, got {type(self.metadata).__name__}")
         t = self.tables
         _matrix_ok(t.a.detach(), (n, n), lambda i: i, "a")
         _matrix_ok(t.b.detach(), (n, n), lambda i: i, "b")
@@ -203,17 +228,21 @@ class Solver:
             _matrix_ok(t.bc.detach(), (n - 1, n), lambda i: i + 1, "bc")
 
     def sample(self, denoiser: Callable[..., Tensor], x_T: Tensor, cond: Any = None, guidance: Optional[float] = None,
-               checkpoint: bool = False, callback: Optional[Callable[[int, Tensor, Tensor], None]] = None) -> Tensor:
+               checkpoint: bool = False, callback: Optional[Callable[[int, Tensor, Tensor], None]] = None,
+               check_finite: bool = True) -> Tensor:
         """Integrate from ``x_T`` (the state at ``t_0``, e.g. ``schedule.prior_noise``) to ``t_N``.
 
-        ``denoiser(x, t, cond, guidance)`` is usually a :class:`~s4s.denoisers.Denoiser`.
+        ``denoiser(x, t, cond, guidance)`` is usually a :class:`~s4s.denoisers.Denoiser`; every call's
+        output must have the shape of ``x``. ``guidance`` defaults to the scale recorded in the
+        metadata. NaN/inf in the result raises :class:`~s4s.checks.NonFiniteError` naming the first
+        call that produced them (``check_finite=False``: return them).
         """
         guidance = self.metadata.get("guidance") if guidance is None else guidance
 
         def model(x: Tensor, s: Tensor) -> Tensor:
-            return denoiser(x, s, cond, guidance)
+            return check_model_output(denoiser(x, s, cond, guidance), x, "the denoiser")
 
-        return integrate(model, x_T, self.input_times.to(x_T.device), self.tables, checkpoint, callback)
+        return integrate(model, x_T, self.input_times.to(x_T.device), self.tables, checkpoint, callback, check_finite)
 
     def from_step(self, k: int) -> "Solver":
         """The same solver started at step ``k`` from the state ``x_k`` (grid ``t_k .. t_N``, ``N - k`` calls).
@@ -305,17 +334,26 @@ class Solver:
     def save(self, path: str | Path) -> Path:
         """Write the solver as human-readable JSON (exact float64 round trip)."""
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
-        return path
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; give the solver file's name")
+        try:
+            text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
+        except (TypeError, ValueError) as err:
+            raise SolverFileError(f"the solver cannot be written as JSON (its metadata?): {err}") from None
+        return atomic_write_text(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> "Solver":
         """Read a solver written by :meth:`save`; any defect raises :class:`SolverFileError`."""
         path = Path(path)
+        if path.is_dir():
+            raise SolverFileError(f"{path} is a folder, not a solver file")
         try:
             data = json.loads(path.read_text(), parse_constant=lambda c: math.nan)
         except FileNotFoundError:
             raise SolverFileError(f"{path}: no such solver file") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise SolverFileError(f"{path}: cannot read the solver file: {err}") from None
         except json.JSONDecodeError as err:
             raise SolverFileError(f"{path}: not valid JSON (truncated or corrupted?): {err}") from err
         try:

@@ -65,6 +65,8 @@ def baseline(name: str, schedule: Schedule, nfe: int, grid: GridSpec = "logsnr",
     grid_kind = grid if isinstance(grid, str) else "explicit"
     meta = {"source": name, "options": options, "grid_kind": grid_kind, "nfe": nfe}
     if name == HEUN:
+        if nfe % 2 == 0:
+            raise ValueError(f"heun makes 2 model calls a step and 1 in the last: its NFE is odd (1, 3, 5, ...), got {nfe}")
         steps = (nfe + 1) // 2
         return HeunSampler(make_grid(grid, schedule, steps, **(grid_options or {})), schedule, meta)
     times = make_grid(grid, schedule, nfe, **(grid_options or {}))

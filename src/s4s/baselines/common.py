@@ -51,10 +51,13 @@ class GridPoints:
         return cls(schedule.t_from_lambda(lam), alpha, sigma, lam)
 
 
-def step_orders(n: int, order: int, lower_order_final: bool) -> list[int]:
-    """Order used at each step: warm-up ``min(order, i + 1)``; with ``lower_order_final`` also ``<= n - i``."""
-    if order < 1:
-        raise ValueError(f"order must be >= 1, got {order}")
+def step_orders(n: int, order: int, lower_order_final: bool, max_order: int = 4) -> list[int]:
+    """Order used at each step: warm-up ``min(order, i + 1)``; with ``lower_order_final`` also ``<= n - i``.
+
+    ``order`` must lie in ``1..max_order`` (the highest order the method is defined or stable for).
+    """
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= max_order:
+        raise ValueError(f"order must be an integer in 1..{max_order}, got {order!r}")
     return [min(order, i + 1, n - i if lower_order_final else order) for i in range(n)]
 
 

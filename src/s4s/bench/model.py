@@ -22,6 +22,7 @@ from s4s.eval.features import feature_network_for
 from s4s.eval.frechet import FeatureStats, frechet_distance
 from s4s.eval.images import save_labelled_rows
 from s4s.eval.runner import batched, evaluate, generate, sampling_labels
+from s4s.io import atomic_write_text
 from s4s.learn.api import LEARN_SEED_OFFSET, learn_with_result
 from s4s.learn.model_losses import resolve_loss
 from s4s.learn.teacher import make_teacher_data
@@ -69,8 +70,12 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
                     methods: Sequence[str], num_samples: int, out_dir: Path, seed: int = 0,
                     guidance: Optional[float] = None, preset: str = "default", learn_options: Optional[dict] = None,
                     cache_dir: Optional[Path] = None, teacher_metric: bool = False, progress: bool = True,
-                    image_count: int = 10) -> list[BenchCell]:
-    """Run the benchmark; writes learned solvers, run folders and sample grids under ``out_dir``."""
+                    image_count: int = 10, earlier: Sequence["BenchCell"] = ()) -> list[BenchCell]:
+    """Run the benchmark; writes learned solvers, run folders and sample grids under ``out_dir``.
+
+    ``results.json`` is rewritten after every cell with ``earlier`` cells (e.g. of an earlier run,
+    ``s4s bench --merge``) plus the new ones; a new cell replaces an earlier one of the same
+    (method, NFE). Returns that merged list."""
     out_dir.mkdir(parents=True, exist_ok=True)
     feature_net = feature_network_for(model.image_shape, device=model.device)
     options = {**PRESETS[preset], **(learn_options or {})}
@@ -86,8 +91,13 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
                                          model.fingerprint, progress=progress, device=model.device)
     cells: list[BenchCell] = []
 
+    def merged() -> list[BenchCell]:
+        by_key = {(c.method, c.nfe): c for c in earlier}
+        by_key.update({(c.method, c.nfe): c for c in cells})
+        return list(by_key.values())
+
     def save_results() -> None:  # after every cell, so an interrupted bench keeps what it measured
-        save_cells(cells, out_dir / "results.json")
+        save_cells(merged(), out_dir / "results.json")
     for nfe in nfes:
         shown: dict[str, torch.Tensor] = {}
         for name in baselines:
@@ -126,12 +136,12 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
             rows = [generate(model, s, image_count, seed, guidance, image_count, False, labels) for s in shown.values()]
             save_labelled_rows(rows, list(shown), out_dir / f"samples_nfe{nfe}.png", f"NFE {nfe}, same noise")
     save_results()
-    return cells
+    return merged()
 
 
 def save_cells(cells: Sequence[BenchCell], path: Path) -> None:
     """Write cells as the ``results.json`` that :func:`load_cells` reads."""
-    Path(path).write_text(json.dumps([asdict(c) for c in cells], indent=1) + "\n")
+    atomic_write_text(path, json.dumps([asdict(c) for c in cells], indent=1) + "\n")
 
 
 def learned_label(meta: dict[str, Any]) -> str:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from s4s.checks import NonFiniteError, check_finite
+
 __all__ = ["FeatureStats", "frechet_distance"]
 
 
@@ -32,6 +34,7 @@ class FeatureStats:
         f = features.detach().to(torch.float64).reshape(features.shape[0], -1)
         if f.shape[0] < 2:
             raise ValueError("need at least 2 feature vectors for a covariance")
+        check_finite(f, "the features of the samples")  # before any matrix square root
         return cls(f.mean(0), torch.cov(f.T), f.shape[0])
 
     @property
@@ -70,6 +73,9 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
 
     if a.dim != b.dim:
         raise ValueError(f"feature dimensions differ: {a.dim} vs {b.dim}")
+    for name, stats in (("first", a), ("second", b)):
+        if not (bool(torch.isfinite(stats.mean).all()) and bool(torch.isfinite(stats.cov).all())):
+            raise NonFiniteError(f"the {name} feature statistics contain NaN or inf")
     metric = FrechetInceptionDistance(feature=_Identity(a.dim))
     metric.real_features_sum, metric.real_features_cov_sum, metric.real_features_num_samples = a._sums()
     metric.fake_features_sum, metric.fake_features_cov_sum, metric.fake_features_num_samples = b._sums()

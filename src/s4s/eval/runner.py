@@ -123,6 +123,11 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
     if "fd" in metrics:
         result["fd"] = frechet_distance(FeatureStats.from_features(feats), feature_net.reference)
         result["feature_space"] = feature_net.name
+        dim = feats.reshape(feats.shape[0], -1).shape[1]
+        if num_samples <= dim:
+            result["fd_warning"] = (f"FD from {num_samples} samples in {dim}-d features: the covariance is rank-deficient "
+                                    f"and the value is dominated by estimation error; use well over {dim} samples")
+            log.warning("%s", result["fd_warning"])
     if feature_net is not None and feature_net.classifier is not None and guidance is not None and labels is not None:
         pred = batched(lambda x: feature_net.classifier(x).argmax(1), images, device=feature_net.device)
         result["accuracy"] = float((pred == labels).float().mean())

@@ -52,7 +52,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
 
         ``class_labels``: one label per image (``None``: unconditional, the null label); ``batch_size``
         defaults to their number (or 1). ``guidance_scale`` ``w``: classifier-free guidance (``None``: the
-        conditional model alone). ``num_inference_steps``: default the scheduler's solver NFE for an
+        scale an :class:`~s4s.S4SScheduler`'s solver was learned with, else the conditional model alone). ``num_inference_steps``: default the scheduler's solver NFE for an
         :class:`~s4s.S4SScheduler`, else 50. The initial noise is ``randn * scheduler.init_noise_sigma``.
         """
         null = self.null_label
@@ -68,6 +68,9 @@ class ClassConditionalPipeline(DiffusionPipeline):
             if guidance_scale is not None:
                 raise ValueError("guidance_scale needs class_labels (guidance of the unconditional model is meaningless)")
             labels = None if null is None else torch.full((batch_size or 1,), null, dtype=torch.long)
+        if guidance_scale is None and class_labels is not None:
+            recorded = getattr(getattr(self.scheduler, "solver", None), "metadata", {}).get("guidance")
+            guidance_scale = recorded  # an S4SScheduler's solver samples at the scale it was learned for
         n = labels.numel() if labels is not None else (batch_size or 1)
         if num_inference_steps is None:
             solver = getattr(self.scheduler, "solver", None)

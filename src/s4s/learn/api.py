@@ -44,6 +44,13 @@ def learn_with_result(denoiser: Callable[..., Tensor], schedule: Schedule, nfe: 
         raise ValueError(f"unknown learning option(s) {unknown}; known: {sorted(known)}")
     config = LearnConfig(nfe=nfe, method=method, guidance=guidance, seed=seed, **options)
     config.validate()
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    if teacher_data is None and num_samples < 2:
+        raise ValueError(f"num_samples must be >= 2 (some for learning, some for validation), got {num_samples}")
+    if guidance is not None and labels is None and (teacher_data is None or teacher_data.cond is None):
+        raise ValueError("guidance needs labels (a class-conditional model): without a condition there is nothing to "
+                         "guide towards")
     device = torch.device(device) if device is not None else (getattr(denoiser, "device", None) or torch.device("cpu"))
     if teacher_data is None:
         teacher_data = make_teacher_data(denoiser, schedule, tuple(shape), num_samples, teacher, seed + LEARN_SEED_OFFSET,

@@ -5,7 +5,10 @@ draws. Results are cached per batch under ``cache_dir/<key>/`` where ``key`` has
 that determines them (model fingerprint, the clamp of D, schedule, teacher, guidance, labels, seed, count,
 shape):
 an interrupted run resumes from its last finished batch, and a cache whose ``meta.json`` does not
-match the request is refused with an error, never reused silently.
+match the request is refused with an error, never reused silently. Each batch file carries the
+request's key, its position and a SHA-256 of its values: a truncated, damaged or foreign batch is
+regenerated with a warning. Files are written under unique temporary names and renamed, so
+concurrent runs on one cache never see each other's half-written files.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from tqdm.auto import tqdm
 
 from s4s.adaptive import rk45_sample
 from s4s.baselines import baseline
+from s4s.checks import NonFiniteError
+from s4s.io import atomic_write, atomic_write_text, check_writable_dir
 from s4s.schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -106,6 +111,33 @@ def _key(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _digest(x: Tensor) -> str:
+    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _read_batch(path: Path, key: str, start: int, shape: tuple[int, ...]) -> Optional[Tensor]:
+    """A cached teacher batch if it is intact and belongs to this request; else None (with a warning)."""
+    try:
+        record = torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, empty, random bytes, ...: regenerate
+        problem = f"unreadable ({type(err).__name__})"
+    else:
+        if not isinstance(record, dict) or not isinstance(record.get("x0"), Tensor):
+            problem = "not a teacher batch of this s4s version"
+        elif record.get("key") != key or record.get("start") != start:
+            problem = "made for another request"
+        elif tuple(record["x0"].shape) != shape:
+            problem = f"of shape {tuple(record['x0'].shape)}, expected {shape}"
+        elif record.get("sha256") != _digest(record["x0"]):
+            problem = "damaged (checksum mismatch)"
+        elif not bool(torch.isfinite(record["x0"]).all()):
+            problem = "non-finite"
+        else:
+            return record["x0"]
+    log.warning("teacher cache batch %s is %s; regenerating it", path, problem)
+    return None
+
+
 def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tuple[int, ...], num_samples: int,
                       teacher: str = DEFAULT_TEACHER, seed: int = 0, labels: Optional[Tensor] = None,
                       guidance: Optional[float] = None, batch_size: int = 256, cache_dir: Optional[Path] = None,
@@ -124,15 +156,17 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
     if cache_dir is not None:
         if fingerprint is None:
             raise ValueError("caching teacher data needs the model's fingerprint")
-        folder = Path(cache_dir) / _key(meta)
-        folder.mkdir(parents=True, exist_ok=True)
+        key = _key(meta)
+        folder = check_writable_dir(Path(cache_dir) / key, "teacher cache folder")
         meta_path = folder / "meta.json"
-        if meta_path.exists():
+        if not meta_path.exists():
+            atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True))
+        try:
             stored = json.loads(meta_path.read_text())
-            if stored != meta:
-                raise ValueError(f"teacher cache {folder} was made for a different request; delete it or use another cache_dir")
-        else:
-            meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"teacher cache {meta_path} is unreadable ({err}); delete the folder") from None
+        if stored != meta:
+            raise ValueError(f"teacher cache {folder} was made for a different request; delete it or use another cache_dir")
     outs, calls, computed = [], 0, 0
     starts = list(range(0, num_samples, batch_size))
     t0 = time.time()
@@ -140,17 +174,19 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
         stop = min(start + batch_size, num_samples)
         path = None if folder is None else folder / f"batch_{start:07d}.pt"
         if path is not None and path.exists():
-            outs.append(torch.load(path))
-            continue
+            cached = _read_batch(path, key, start, (stop - start, *shape))
+            if cached is not None:
+                outs.append(cached)
+                continue
         cond = None if labels is None else labels[start:stop].to(device)
         with torch.no_grad():
             x0, batch_calls = sampler(denoiser, x_T[start:stop].to(device), cond, guidance)
             x0, calls, computed = x0.cpu(), calls + batch_calls, computed + 1
         if not bool(torch.isfinite(x0).all()):
-            raise FloatingPointError(f"teacher {teacher} produced NaN/inf in samples {start}..{stop}")
-        if path is not None:
-            torch.save(x0, path.with_suffix(".tmp"))
-            path.with_suffix(".tmp").rename(path)  # atomic: an interrupted batch is redone, never half-read
+            raise NonFiniteError(f"teacher {teacher} produced NaN/inf in samples {start}..{stop}")
+        if path is not None:  # atomic, unique temporary name: an interrupted batch is redone, never half-read
+            record = {"x0": x0, "key": key, "start": start, "stop": stop, "sha256": _digest(x0)}
+            atomic_write(path, lambda tmp: torch.save(record, tmp))
         outs.append(x0)
     log.info("teacher %s: %d samples in %.1f s%s%s", teacher, num_samples, time.time() - t0,
              f", {calls / computed:.0f} model calls per batch" if computed else "",

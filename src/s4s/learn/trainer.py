@@ -27,6 +27,7 @@ clear message and keeps the best solver so far.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -41,12 +42,13 @@ from tqdm.auto import tqdm
 
 from s4s.baselines import BASELINES
 from s4s.grids import GRIDS, make_grid
+from s4s.io import atomic_write_text
 from s4s.learn.objectives import make_distance
 from s4s.learn.parametrization import LearnableSolver
 from s4s.learn.teacher import TeacherData
 from s4s.plotting import line_plot
 from s4s.schedules import Schedule
-from s4s.solver import Solver, integrate
+from s4s.solver import NonFiniteError, Solver, integrate
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,17 @@ class LearnConfig:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; choose from {list(LR_DECAYS)}")
         for name in ("steps", "batch_size", "val_every", "alt_round"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        for name in ("lr", "grid_lr", "ball_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.ball_radius) and self.ball_radius >= 0):
+            raise ValueError(f"ball_radius must be a finite number >= 0, got {self.ball_radius}")
+        if self.guidance is not None and not math.isfinite(self.guidance):
+            raise ValueError(f"guidance must be a finite number, got {self.guidance}")
 
     @property
     def corrector(self) -> bool:
@@ -160,9 +172,13 @@ def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: TeacherD
         for grid in grids:
             model = LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector)
             solver = model.to_solver()
-            fn = lambda x, c: solver.sample(denoiser, x, c, config.guidance)  # noqa: E731
+            fn = lambda x, c: solver.sample(denoiser, x, c, config.guidance, check_finite=False)  # noqa: E731
             losses[f"{base}/{grid}"] = _batched_loss(fn, distance, val, 4 * config.batch_size)
-    best = min(losses, key=losses.get)
+    finite = {k: v for k, v in losses.items() if math.isfinite(v)}
+    if not finite:
+        raise NonFiniteError(f"every base solver gives NaN/inf on the validation noise ({', '.join(losses)}): "
+                             "the model returns non-finite values")
+    best = min(finite, key=finite.get)
     log.info("base candidates (validation %s): %s -> %s", config.loss,
              ", ".join(f"{k} {v:.4g}" for k, v in losses.items()), best)
     base, grid = best.split("/")
@@ -176,6 +192,41 @@ def _lr_factor(phase_step: int, warmup: int, step: int = 0, steps: int = 1, deca
     if decay == "cosine":
         factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
     return factor
+
+
+# Settings a resumed run may change: it can run longer than the interrupted one planned.
+RESUMABLE_CHANGES = frozenset({"steps"})
+
+
+def _data_digest(train: TeacherData, val: TeacherData) -> str:
+    """A short digest of the teacher data (how it was made, its size, its first and last samples)."""
+    h = hashlib.sha256(json.dumps(train.meta, sort_keys=True, default=str).encode())
+    for part in (train, val):
+        h.update(f"{len(part)}:{tuple(part.x_T.shape)}".encode())
+        for t in (part.x_T[:1], part.x_T[-1:], part.x0[:1], part.x0[-1:]):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_checkpoint(path: Path, config: LearnConfig, data_digest: str) -> Optional[dict[str, Any]]:
+    """The checkpoint at ``path`` (None if absent) if it was made with these settings and this teacher
+    data; otherwise one ``ValueError`` listing what differs. Loaded without unpickling code."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file: say so in one line
+        raise ValueError(f"cannot read the checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                         "delete it or run without --resume") from None
+    saved, now = state.get("config") or {}, asdict(config)
+    diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in sorted(now)
+            if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if state.get("data") != data_digest:
+        diff.append("teacher data (model, teacher, seeds or samples) differs")
+    if diff:
+        raise ValueError(f"the checkpoint {path} was made with other settings ({'; '.join(diff)}); resume with the "
+                         "same settings, or start afresh without --resume")
+    return state
 
 
 def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherData, config: LearnConfig,
@@ -201,7 +252,8 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
         inner_distance = distance
         distance = lambda x, y: inner_distance(transform(x), transform(y))  # noqa: E731
     ckpt_path = None if run_dir is None else Path(run_dir) / "checkpoint.pt"
-    state = torch.load(ckpt_path, weights_only=False) if resume and ckpt_path is not None and ckpt_path.exists() else None
+    data_digest = _data_digest(train, val)
+    state = _load_checkpoint(ckpt_path, config, data_digest) if resume and ckpt_path is not None else None
     if resume and state is None:
         log.warning("no checkpoint to resume from in %s; starting afresh", run_dir)
     if state is not None:
@@ -227,7 +279,7 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
     def validate_now() -> tuple[float, float]:
         """(validation objective, validation MSE) of the current solver on held-out noise."""
         solver = model.to_solver()
-        return _batched_loss(lambda x, c: solver.sample(denoiser, x, c, config.guidance), distance, val,
+        return _batched_loss(lambda x, c: solver.sample(denoiser, x, c, config.guidance, check_finite=False), distance, val,
                              4 * config.batch_size, also_mse=True, clip=getattr(denoiser, "clip_range", None))
 
     step, history = 0, []
@@ -314,7 +366,8 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
                             "grid_opt": None if grid_opt is None else grid_opt.state_dict(), "gen": gen.get_state(),
                             "x_prime": x_prime, "step": step, "history": history, "best_val": best_val,
                             "best_state": best_state, "coef_steps": coef_steps, "grid_steps": grid_steps,
-                            "base": base, "grid": grid, "base_losses": base_losses, "config": asdict(config)},
+                            "base": base, "grid": grid, "base_losses": base_losses, "config": asdict(config),
+                            "data": data_digest},
                            ckpt_path.with_suffix(".tmp"))
                 ckpt_path.with_suffix(".tmp").rename(ckpt_path)
     bar.close()
@@ -329,9 +382,10 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
 def save_run(result: LearnResult, config: LearnConfig, run_dir: Path) -> None:
     """Resolved config, history (JSON) and training/validation curves (PNG) in ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1) + "\n")
-    (run_dir / "history.json").write_text(json.dumps({"history": result.history, "base_losses": result.base_losses,
-                                                      "stopped": result.stopped, "seconds": result.seconds}, indent=1) + "\n")
+    atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=1) + "\n")
+    atomic_write_text(run_dir / "history.json", json.dumps({"history": result.history, "base_losses": result.base_losses,
+                                                            "stopped": result.stopped, "seconds": result.seconds},
+                                                           indent=1) + "\n")
     train_points = [(h["step"], h["train_loss"]) for h in result.history if h["train_loss"] is not None]
     line_plot({f"train ({config.loss})": train_points,
                f"validation ({config.loss})": [(h["step"], h["val_loss"]) for h in result.history]},
