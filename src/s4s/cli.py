@@ -217,8 +217,10 @@ def resolve_device(name: str) -> str:
         raise ValueError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"--device {name}: PyTorch sees no such CUDA GPU ({torch.cuda.device_count()} visible)")
-    if device.type not in ("cpu", "cuda") and not getattr(torch, device.type, None):
-        raise ValueError(f"--device {name}: this PyTorch has no {device.type} backend")
+    try:
+        torch.empty(1, device=device)
+    except Exception as err:  # noqa: BLE001 - backends report a missing device in many ways
+        raise ValueError(f"--device {name}: this PyTorch cannot use it ({type(err).__name__}: {_one_line(err)})") from None
     return name
 
 

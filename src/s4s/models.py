@@ -105,10 +105,20 @@ def _unet_class(config: dict[str, Any]):
     import diffusers
 
     name = config.get("_class_name", "UNet2DModel")
-    cls = getattr(diffusers, name, None)
-    if cls is None:
-        raise ValueError(f"unknown diffusers model class {name!r}")
+    cls = getattr(diffusers, str(name), None)
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ValueError(f"unknown diffusers model class {name!r} in config.json")
     return cls
+
+
+def _load_module(cls: Any, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """``cls.from_pretrained(folder)``; a damaged, truncated or mismatched folder gives one ``ValueError``."""
+    try:
+        return cls.from_pretrained(str(folder), torch_dtype=dtype, low_cpu_mem_usage=False)
+    except Exception as err:  # noqa: BLE001 - diffusers / safetensors raise many types for a bad folder
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise ValueError(f"{folder}: cannot load the {cls.__name__} weights (damaged, truncated or not matching "
+                         f"config.json?): {type(err).__name__}: {first}") from err
 
 
 def _scheduler_config(folder: Path) -> dict[str, Any]:
@@ -144,7 +154,7 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
     config = _read_json(folder / "config.json")
     sched_cfg = _scheduler_config(folder)
     spec = read_scheduler_config(sched_cfg)
-    unet = _unet_class(config).from_pretrained(str(folder), torch_dtype=dtype, low_cpu_mem_usage=False).to(device).eval().requires_grad_(False)
+    unet = _load_module(_unet_class(config), folder, dtype).to(device).eval().requires_grad_(False)
     if config.get("cross_attention_dim") is not None and "Condition" in str(config.get("_class_name")):
         raise ValueError(f"{folder}: text-conditioned UNets need prompt embeddings; use the Python API: "
                          "Denoiser.from_diffusers(unet, schedule) with cond={'encoder_hidden_states': emb}")
@@ -176,7 +186,7 @@ def _load_decoder(folder: Path, index: dict[str, Any], device: torch.device | st
         if name in index and (folder / name / "config.json").is_file():
             cfg = _read_json(folder / name / "config.json")
             cls = getattr(diffusers, cfg.get("_class_name", "AutoencoderKL"))
-            vae = cls.from_pretrained(str(folder / name), torch_dtype=dtype, low_cpu_mem_usage=False)
+            vae = _load_module(cls, folder / name, dtype)
             vae = vae.to(device).eval().requires_grad_(False)
             scale = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
 

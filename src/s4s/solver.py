@@ -328,8 +328,11 @@ class Solver:
             schedule = None if data.get("schedule") is None else schedule_from_config(data["schedule"])
         except (TypeError, ValueError) as err:
             raise SolverFileError(f"bad schedule: {err}") from err
+        metadata = data.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise SolverFileError(f"field 'metadata' must be an object, got {type(metadata).__name__}")
         return cls(tensor(data["grid"], "grid"), tables, tensor(data["input_times"], "input_times"),
-                   schedule, dict(data.get("metadata") or {}))
+                   schedule, dict(metadata))
 
     def save(self, path: str | Path) -> Path:
         """Write the solver as human-readable JSON (exact float64 round trip)."""
