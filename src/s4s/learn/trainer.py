@@ -1,6 +1,6 @@
 r"""The S4S / S4S-Alt training loop.
 
-Objective (DESIGN §4): ``E_i d(student(x_T'^i), x0_teacher^i)``, the student being the N-call
+Objective (docs/design.md §5): ``E_i d(student(x_T'^i), x0_teacher^i)``, the student being the N-call
 solver unrolled and differentiated end to end with the model frozen. With ``ball_radius = r > 0``
 each training sample has its own input ``x_T'`` kept within RMS distance ``r * sigma_T`` of
 ``x_T`` (LD3's relaxed objective; ``r = 0`` is the plain one), updated by normalised gradient
@@ -164,7 +164,7 @@ def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], dista
 
 
 def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: TeacherData, distance) -> tuple[str, str, dict[str, float]]:
-    """The (base, grid) pair with the lowest validation loss at this NFE (DESIGN §4.6)."""
+    """The (base, grid) pair with the lowest validation loss at this NFE (docs/design.md §5.5)."""
     bases = (BASE_CANDIDATES_PC if config.corrector else BASE_CANDIDATES) if config.base == "auto" else (config.base,)
     grids = tuple(GRIDS) if config.grid == "auto" else (config.grid,)
     losses: dict[str, float] = {}
