@@ -21,7 +21,7 @@ from s4s.data import load_mnist
 from s4s.eval.features import feature_network_for
 from s4s.eval.images import save_image_grid
 from s4s.eval.runner import evaluate, generate
-from s4s.learn.teacher import parse_teacher
+from s4s.teacher import parse_teacher
 from s4s.models import load_model
 
 

@@ -2,13 +2,13 @@
 (``--network perceptual``) the independent network behind the ``perceptual`` learning loss.
 
 Writes, under ``--out`` (default: the package's assets folder), for ``--network classifier``:
-* ``mnist-classifier/model.safetensors`` - float16 weights of :class:`s4s.eval.classifier.MnistClassifier`;
+* ``mnist-classifier/model.safetensors`` - float16 weights of :class:`s4s.bundled.classifier.MnistClassifier`;
 * ``mnist-classifier/mnist_test_features.npz`` - mean, covariance and count of the 128-d features of
   the 10k MNIST test images (the FD reference);
 * ``mnist-classifier/metrics.json`` - test accuracy and the real-vs-real FD floor (MNIST test vs the
   first 10k of MNIST train).
 
-and for ``--network perceptual`` (:class:`s4s.eval.perceptual.MnistPerceptualNet`, seed 1 by default so that
+and for ``--network perceptual`` (:class:`s4s.bundled.perceptual.MnistPerceptualNet`, seed 1 by default so that
 it shares neither architecture nor initialisation nor batch order with the FD classifier):
 * ``mnist-perceptual/model.safetensors`` and ``mnist-perceptual/metrics.json`` (test accuracy).
 
@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from s4s.data import load_mnist
-from s4s.eval.classifier import CLASSIFIER_FILE, REFERENCE_STATS_FILE, MnistClassifier, assets_dir
+from s4s.bundled import assets_dir
+from s4s.bundled.classifier import CLASSIFIER_FILE, REFERENCE_STATS_FILE, MnistClassifier
 from s4s.eval.frechet import FeatureStats, frechet_distance
-from s4s.eval.perceptual import PERCEPTUAL_FILE, MnistPerceptualNet
+from s4s.bundled.perceptual import PERCEPTUAL_FILE, MnistPerceptualNet
 
 log = logging.getLogger("train_mnist_classifier")
 

@@ -5,7 +5,7 @@ import torch
 
 import s4s
 from s4s.adaptive import rk45_sample
-from s4s.learn.teacher import make_teacher_data, parse_teacher
+from s4s.teacher import make_teacher_data, parse_teacher
 
 
 @pytest.mark.parametrize("schedule", [s4s.VPDiscrete(), s4s.EDM(), s4s.Flow()], ids=["vp", "edm", "flow"])

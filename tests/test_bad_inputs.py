@@ -28,7 +28,7 @@ import s4s
 from s4s.checks import NonFiniteError
 from s4s.cli import main
 from s4s.eval.frechet import FeatureStats, frechet_distance
-from s4s.learn.teacher import make_teacher_data
+from s4s.teacher import make_teacher_data
 from s4s.learn.trainer import LearnConfig, train_solver
 
 
@@ -460,7 +460,7 @@ def test_a_damaged_teacher_cache_batch_is_regenerated(damage, tmp_path, caplog):
 
 
 def test_teacher_generation_interrupted_resumes_to_the_same_data(tmp_path, monkeypatch):
-    teacher = importlib.import_module("s4s.learn.teacher")
+    teacher = importlib.import_module("s4s.teacher")
 
     fresh = _gmm_teacher(tmp_path / "fresh")
     real, calls = teacher.teacher_sampler, {"n": 0}

@@ -9,7 +9,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 import s4s
 from s4s.cli import main
-from s4s.eval.classifier import load_mnist_classifier
+from s4s.bundled.classifier import load_mnist_classifier
 from s4s.eval.features import FeatureNetwork, feature_network_for
 from s4s.eval.frechet import FeatureStats, frechet_distance
 from s4s.eval.runner import evaluate, generate

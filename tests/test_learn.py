@@ -207,7 +207,7 @@ def test_auto_base_is_predictor_only_for_lms_methods_and_unipc_for_pc(setup):
 
 def test_teacher_cache_separates_a_clamped_denoiser_from_the_plain_one(tmp_path):
     """Same weights (fingerprint), other clamp of D: other teacher outputs, so another cache entry."""
-    from s4s.learn.teacher import make_teacher_data
+    from s4s.teacher import make_teacher_data
 
     schedule = s4s.VPDiscrete()
     model = s4s.GaussianMixture.random(dim=16, components=6, seed=0)

@@ -5,8 +5,8 @@ import torch
 
 from s4s.cli import main
 from s4s.data import load_mnist
-from s4s.eval.classifier import load_mnist_classifier
-from s4s.eval.perceptual import MnistPerceptualNet, load_mnist_perceptual
+from s4s.bundled.classifier import load_mnist_classifier
+from s4s.bundled.perceptual import MnistPerceptualNet, load_mnist_perceptual
 from s4s.learn.objectives import make_distance
 
 

@@ -86,7 +86,8 @@ def _cmd_bench_baselines(args: argparse.Namespace) -> int:
 def _cmd_learn(args: argparse.Namespace) -> int:
     import time
 
-    from s4s.bench.model import PRESETS, peak_memory_mb
+    from s4s.bench.model import peak_memory_mb
+    from s4s.learn.presets import PRESETS
     from s4s.learn.api import learn_with_result
     from s4s.learn.model_losses import resolve_loss
     from s4s.models import load_model

@@ -40,7 +40,7 @@ DEFAULT_MODEL = "mnist-unet"
 
 
 def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
-    from s4s.eval.classifier import assets_dir
+    from s4s.bundled import assets_dir
 
     return assets_dir() / name
 

@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from s4s.io import atomic_write
+
 log = logging.getLogger(__name__)
 
 __all__ = ["line_plot"]
@@ -34,6 +36,7 @@ def line_plot(series: dict[str, Sequence[tuple[float, float]]], path: Path, xlab
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # NFE, steps: whole numbers
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    finally:
+        plt.close(fig)

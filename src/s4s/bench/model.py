@@ -25,28 +25,15 @@ from s4s.eval.runner import batched, evaluate, generate, sampling_labels
 from s4s.io import atomic_write_text
 from s4s.learn.api import LEARN_SEED_OFFSET, learn_with_result
 from s4s.learn.model_losses import resolve_loss
-from s4s.learn.teacher import make_teacher_data
+from s4s.learn.presets import PRESETS
+from s4s.teacher import make_teacher_data
 from s4s.models import LoadedModel
 from s4s.plotting import line_plot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchCell", "PRESETS", "run_model_bench", "markdown_table", "plot_fd", "peak_memory_mb", "load_cells",
+__all__ = ["BenchCell", "run_model_bench", "markdown_table", "plot_fd", "peak_memory_mb", "load_cells",
            "save_cells"]
-
-# Learning presets: "fast" is the one `make demo` uses on a 2-core CPU; "default" is the CLI default.
-# Both also learn the state weights `a` (learn_a): on the exact mixture model that halves the error
-# of S4S-Alt at NFE 4-5 (docs/ablations_gmm.md); the paper's parametrisation is learn_a=False.
-# The default teacher is UniPC-bh2 at 50 NFE: on the bundled eps model its samples are 0.015 RMSE from
-# the 100-NFE teacher's (the learned NFE-5 students are 0.11-0.13 away), it halves the teacher cost
-# (3 instead of 7 min on 2 CPU cores) and S4S-Alt learned from it scored FD 33.04 vs 36.32 at NFE 5.
-PRESETS: dict[str, dict[str, Any]] = {
-    "fast": dict(teacher="unipc_bh2:40", num_samples=320, steps=80, batch_size=16, val_every=20, alt_round=10,
-                 warmup=5, learn_a=True),
-    "default": dict(teacher="unipc_bh2:50", num_samples=1024, steps=400, batch_size=32, val_every=25, alt_round=50,
-                    learn_a=True),
-}
-
 
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (Linux ru_maxrss is in KiB)."""

@@ -17,7 +17,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from s4s.eval.classifier import REFERENCE_STATS_FILE, MnistClassifier, assets_dir, load_mnist_classifier
+from s4s.bundled import assets_dir
+from s4s.bundled.classifier import REFERENCE_STATS_FILE, MnistClassifier, load_mnist_classifier
 from s4s.eval.frechet import FeatureStats
 
 __all__ = ["FeatureNetwork", "mnist_feature_network", "inception_feature_network", "feature_network_for"]

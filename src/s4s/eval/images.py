@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from s4s.io import atomic_write
+
 __all__ = ["image_grid", "save_image_grid", "save_labelled_rows"]
 
 
@@ -37,10 +39,7 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: Optional[int] = None
     arr = arr.repeat(scale, 0).repeat(scale, 1)
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    matplotlib.image.imsave(path, arr)
-    return path
+    return atomic_write(path, lambda tmp: matplotlib.image.imsave(tmp, arr))
 
 
 def save_labelled_rows(rows: Sequence[Tensor], labels: Sequence[str], path: str | Path, title: str = "") -> Path:
@@ -59,8 +58,7 @@ def save_labelled_rows(rows: Sequence[Tensor], labels: Sequence[str], path: str 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)

@@ -28,7 +28,7 @@ from s4s.baselines import HeunSampler, baseline
 from s4s.eval.features import FeatureNetwork, feature_network_for
 from s4s.eval.frechet import FeatureStats, frechet_distance
 from s4s.eval.images import save_image_grid
-from s4s.learn.teacher import DEFAULT_TEACHER, clip_of, make_teacher_data, sample_noise
+from s4s.teacher import DEFAULT_TEACHER, clip_of, make_teacher_data, sample_noise
 from s4s.models import LoadedModel
 from s4s.solver import Solver
 

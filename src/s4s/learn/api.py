@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from s4s.learn.teacher import DEFAULT_TEACHER, TeacherData, clip_of, make_teacher_data
+from s4s.teacher import DEFAULT_TEACHER, TeacherData, clip_of, make_teacher_data
 from s4s.learn.trainer import LearnConfig, LearnResult, save_run, train_solver
 from s4s.schedules import Schedule
 from s4s.solver import Solver

@@ -7,7 +7,7 @@ All return one value per sample (shape ``(B,)``), averaged by the trainer:
 * ``feature``: squared L2 between ``f(x)`` and ``f(y)`` for any differentiable module ``f`` (e.g. the
   bundled MNIST classifier's features), averaged over feature dimensions;
 * ``perceptual``: ``||f(x) - f(y)||^2`` summed, for an LPIPS-style ``f`` whose squared distance is
-  already the perceptual distance (:meth:`s4s.eval.perceptual.MnistPerceptualNet.features`: the bundled
+  already the perceptual distance (:meth:`s4s.bundled.perceptual.MnistPerceptualNet.features`: the bundled
   MNIST network that is independent of the FD classifier);
 * ``lpips``: LPIPS, only when the ``lpips`` package and its weights are present locally.
 """
@@ -60,7 +60,7 @@ def make_distance(name: str, feature_fn: Optional[Callable[[Tensor], Tensor]] = 
     if name == "perceptual":
         if feature_fn is None:
             raise ValueError("loss 'perceptual' needs a perceptual feature network (for MNIST-like images: "
-                             "s4s.eval.perceptual.load_mnist_perceptual().features)")
+                             "s4s.bundled.perceptual.load_mnist_perceptual().features)")
         return lambda x, y: _flat(feature_fn(x) - feature_fn(y)).pow(2).sum(1)
     if name == "lpips":
         try:

@@ -42,10 +42,10 @@ from tqdm.auto import tqdm
 
 from s4s.baselines import BASELINES
 from s4s.grids import GRIDS, make_grid
-from s4s.io import atomic_write_text
+from s4s.io import atomic_write, atomic_write_text
 from s4s.learn.objectives import make_distance
 from s4s.learn.parametrization import LearnableSolver
-from s4s.learn.teacher import TeacherData
+from s4s.teacher import TeacherData
 from s4s.plotting import line_plot
 from s4s.schedules import Schedule
 from s4s.solver import NonFiniteError, Solver, integrate
@@ -361,15 +361,13 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
                 best_val, best_state = val_loss, copy.deepcopy(model.state_dict())
             bar.set_postfix(val=f"{val_loss:.4g}", best=f"{best_val:.4g}", val_rmse=f"{math.sqrt(val_mse):.4f}")
             if ckpt_path is not None:
-                ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"model": model.state_dict(), "coef_opt": coef_opt.state_dict(),
-                            "grid_opt": None if grid_opt is None else grid_opt.state_dict(), "gen": gen.get_state(),
-                            "x_prime": x_prime, "step": step, "history": history, "best_val": best_val,
-                            "best_state": best_state, "coef_steps": coef_steps, "grid_steps": grid_steps,
-                            "base": base, "grid": grid, "base_losses": base_losses, "config": asdict(config),
-                            "data": data_digest},
-                           ckpt_path.with_suffix(".tmp"))
-                ckpt_path.with_suffix(".tmp").rename(ckpt_path)
+                record = {"model": model.state_dict(), "coef_opt": coef_opt.state_dict(),
+                          "grid_opt": None if grid_opt is None else grid_opt.state_dict(), "gen": gen.get_state(),
+                          "x_prime": x_prime, "step": step, "history": history, "best_val": best_val,
+                          "best_state": best_state, "coef_steps": coef_steps, "grid_steps": grid_steps,
+                          "base": base, "grid": grid, "base_losses": base_losses, "config": asdict(config),
+                          "data": data_digest}
+                atomic_write(ckpt_path, lambda tmp: torch.save(record, tmp))
     bar.close()
     model.load_state_dict(best_state)
     best_mse = next(h["val_mse"] for h in history if h["val_loss"] == best_val)

@@ -3,7 +3,7 @@ r"""An LPIPS-style perceptual distance for 28x28 MNIST-like images, independent 
 Learning a solver with the FD classifier's own features as the loss (``loss="feature"`` with the
 bundled classifier) fits the metric that later judges it. This module ships a *second* network,
 trained by ``scripts/train_mnist_classifier.py --network perceptual`` (different architecture,
-activation, pooling and seed from :class:`s4s.eval.classifier.MnistClassifier`), and uses it the way
+activation, pooling and seed from :class:`s4s.bundled.classifier.MnistClassifier`), and uses it the way
 LPIPS uses VGG (Zhang et al. 2018, with unit layer weights): for layers ``l`` with activations
 ``h_l(x)`` of shape ``(C_l, H_l, W_l)``,
 
@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from s4s.eval.classifier import assets_dir
+from s4s.bundled import assets_dir
 
 __all__ = ["MnistPerceptualNet", "load_mnist_perceptual", "PERCEPTUAL_FILE"]
 

@@ -5,22 +5,18 @@ Inputs are images in [-1, 1], shape (B, 1, 28, 28).
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MnistClassifier", "load_mnist_classifier", "assets_dir", "CLASSIFIER_FILE", "REFERENCE_STATS_FILE"]
+from s4s.bundled import assets_dir
+
+__all__ = ["MnistClassifier", "load_mnist_classifier", "CLASSIFIER_FILE", "REFERENCE_STATS_FILE"]
 
 CLASSIFIER_FILE = "mnist-classifier/model.safetensors"
 REFERENCE_STATS_FILE = "mnist-classifier/mnist_test_features.npz"
-
-
-def assets_dir() -> Path:
-    """Folder of the files shipped inside the package (bundled models, statistics)."""
-    return Path(str(importlib.resources.files("s4s") / "assets"))
 
 
 class MnistClassifier(nn.Module):
