@@ -2,6 +2,7 @@
 
 * :func:`check_model_output` - every model call: the output is a tensor of the input's shape (a
   tuple, a missing batch dimension that would broadcast, or another size is refused).
+* :func:`first_line` - an exception's message as the one line a user is shown.
 * :class:`NonFiniteError` - NaN/inf found in samples; the message names where they first appeared
   (which model call, or which solver step). Sampling checks the final result once per batch and,
   only when it is not finite, looks back through the history for the first bad call.
@@ -14,11 +15,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["NonFiniteError", "check_model_output", "check_finite"]
+__all__ = ["NonFiniteError", "check_model_output", "check_finite", "first_line"]
 
 
 class NonFiniteError(FloatingPointError):
     """Samples or model outputs contain NaN or inf; the message says where they first appeared."""
+
+
+def first_line(err: BaseException, limit: int = 600) -> str:
+    """The first line of an exception's message (its type name when empty), cut at ``limit`` characters."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def check_model_output(out: Any, x: Tensor, who: str = "the model") -> Tensor:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from s4s.checks import first_line
 from s4s.io import atomic_write_text
 
 log = logging.getLogger("s4s")
@@ -101,8 +102,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     check_writable_dir(run_dir, "--run-dir")
     t0 = time.time()
     model = load_model(args.model, device=resolve_device(args.device))
-    if args.guidance is not None and not model.num_classes:
-        raise ValueError(f"--guidance needs a class-conditional model; {model.name} has no class labels")
+    model.check_guidance(args.guidance)
     options = dict(PRESETS[args.preset])
     for key in ("teacher", "num_samples", "steps", "batch_size", "lr", "loss", "ball_radius", "base", "grid", "learn_a",
                 "lr_decay"):
@@ -150,8 +150,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     earlier = load_cells([results]) if results.exists() and args.merge else []
     check_writable_dir(args.out, "--out")
     model = load_model(args.model, device=resolve_device(args.device))
-    if args.guidance is not None and not model.num_classes:
-        raise ValueError(f"--guidance needs a class-conditional model; {model.name} has no class labels")
+    model.check_guidance(args.guidance)
     cells = run_model_bench(model, args.nfe, args.baselines, args.grids, args.methods, args.num_samples, args.out,
                             seed=args.seed, guidance=args.guidance, preset=args.preset,
                             cache_dir=None if args.no_cache else default_cache_dir() / "teacher",
@@ -221,7 +220,7 @@ def resolve_device(name: str) -> str:
     try:
         torch.empty(1, device=device)
     except Exception as err:  # noqa: BLE001 - backends report a missing device in many ways
-        raise ValueError(f"--device {name}: this PyTorch cannot use it ({type(err).__name__}: {_one_line(err)})") from None
+        raise ValueError(f"--device {name}: this PyTorch cannot use it ({type(err).__name__}: {first_line(err)})") from None
     return name
 
 
@@ -410,12 +409,6 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, Runtime
                                                     ImportError, KeyError, EOFError)
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    first = text.splitlines()[0]
-    return first if len(first) <= 600 else first[:600] + " ..."
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; every failure is one line on stderr (the traceback only with ``-v``)."""
     args = build_parser().parse_args(argv)
@@ -429,16 +422,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except EXPECTED_ERRORS as err:
         if args.verbose:
-            log.exception("%s", _one_line(err))
+            log.exception("%s", first_line(err))
         else:
-            log.error("%s%s", "" if isinstance(err, ValueError) else f"{type(err).__name__}: ", _one_line(err))
+            log.error("%s%s", "" if isinstance(err, ValueError) else f"{type(err).__name__}: ", first_line(err))
         return 2
     except Exception as err:  # noqa: BLE001 - a bug: say so in one line, the traceback with -v
         if args.verbose:
             log.exception("internal error")
         else:
             log.error("internal error (a bug in s4s; rerun with -v for the traceback): %s: %s", type(err).__name__,
-                      _one_line(err))
+                      first_line(err))
         return 1
 
 

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from s4s.checks import check_model_output
-from s4s.diffusers_config import read_scheduler_config
+from s4s.diffusers_config import read_scheduler_config, spec_for_schedule
 from s4s.prediction import PREDICTION_TYPES, check_prediction_type, to_denoised
-from s4s.schedules import EDM, Flow, Schedule, VPDiscrete
+from s4s.schedules import EDM, Flow, Schedule
 
 __all__ = ["Denoiser", "fingerprint_module"]
 
@@ -190,15 +190,10 @@ class Denoiser:
             if prediction_type is None:
                 raise ValueError("from_diffusers(unet, schedule) needs prediction_type= (one of "
                                  f"{', '.join(PREDICTION_TYPES)}); or pass the pipeline's scheduler, which states it")
-            schedule = scheduler
-            if not isinstance(schedule, (VPDiscrete, Flow)):
-                raise ValueError(f"diffusers models use a discrete VP or a flow schedule, got {schedule!r}")
-            kind = check_prediction_type(prediction_type)
-            scale = 1000.0 if isinstance(schedule, Flow) else 1.0
-            clip = None
+            spec = spec_for_schedule(scheduler, prediction_type)
         else:
             spec = read_scheduler_config(scheduler, prediction_type)
-            schedule, kind, scale, clip = spec.schedule, spec.prediction_type, spec.timestep_scale, spec.clip_range
+        schedule, kind, scale, clip = spec.schedule, spec.prediction_type, spec.timestep_scale, spec.clip_range
         param = next(model.parameters(), None)
 
         def fn(x: Tensor, t: Tensor, cond: Any) -> Tensor:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from s4s.prediction import check_prediction_type
-from s4s.schedules import Flow, Schedule, is_flow_config, schedule_from_diffusers
+from s4s.schedules import Flow, Schedule, VPDiscrete, is_flow_config, schedule_from_diffusers
 
-__all__ = ["SchedulerSpec", "read_scheduler_config", "config_dict", "clip_range_from_config"]
+__all__ = ["SchedulerSpec", "read_scheduler_config", "spec_for_schedule", "config_dict", "clip_range_from_config"]
 
 
 def config_dict(scheduler_or_config: Any) -> dict[str, Any]:
@@ -88,5 +88,18 @@ def read_scheduler_config(scheduler_or_config: Any, prediction_type: Optional[st
     if flow != (stated == "flow_prediction"):
         raise ValueError(f"prediction_type {stated!r} does not fit the {schedule.kind} schedule of this config "
                          "(flow_prediction goes with flow-matching schedules only)")
-    n_train = int(cfg.get("num_train_timesteps", 1000))
-    return SchedulerSpec(schedule, stated, clip_range_from_config(cfg), float(n_train) if flow else 1.0, n_train)
+    return _spec(schedule, stated, clip_range_from_config(cfg), int(cfg.get("num_train_timesteps", 1000)))
+
+
+def _spec(schedule: Schedule, prediction_type: str, clip_range: Optional[tuple[float, float]],
+          num_train_timesteps: int) -> SchedulerSpec:
+    """The spec with diffusers' timestep convention: the training index, or ``num_train_timesteps * t`` for flow."""
+    scale = float(num_train_timesteps) if isinstance(schedule, Flow) else 1.0
+    return SchedulerSpec(schedule, prediction_type, clip_range, scale, num_train_timesteps)
+
+
+def spec_for_schedule(schedule: Schedule, prediction_type: str) -> SchedulerSpec:
+    """The spec of a diffusers network on an s4s ``schedule`` (no clamp, 1000 training steps for flow)."""
+    if not isinstance(schedule, (VPDiscrete, Flow)):
+        raise ValueError(f"diffusers models use a discrete VP or a flow schedule, got {schedule!r}")
+    return _spec(schedule, check_prediction_type(prediction_type), None, 1000)

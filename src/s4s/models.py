@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from s4s.checks import first_line
 from s4s.denoisers import Denoiser, module_device
 from s4s.diffusers_config import read_scheduler_config
 from s4s.schedules import Schedule
@@ -79,6 +80,11 @@ class LoadedModel:
             return torch.full((n,), self.num_classes, dtype=torch.long)
         return (torch.arange(n) + start) % self.num_classes
 
+    def check_guidance(self, guidance: Optional[float]) -> None:
+        """Refuse a guidance scale for a model without classes (there is nothing to guide towards)."""
+        if guidance is not None and not self.num_classes:
+            raise ValueError(f"--guidance needs a class-conditional model; {self.name} has no class labels")
+
     @property
     def device(self) -> torch.device:
         """Where the network's weights live (CPU for a module-less callable)."""
@@ -116,9 +122,8 @@ def _load_module(cls: Any, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
     try:
         return cls.from_pretrained(str(folder), torch_dtype=dtype, low_cpu_mem_usage=False)
     except Exception as err:  # noqa: BLE001 - diffusers / safetensors raise many types for a bad folder
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise ValueError(f"{folder}: cannot load the {cls.__name__} weights (damaged, truncated or not matching "
-                         f"config.json?): {type(err).__name__}: {first}") from err
+                         f"config.json?): {type(err).__name__}: {first_line(err, 300)}") from err
 
 
 def _scheduler_config(folder: Path) -> dict[str, Any]:

@@ -338,10 +338,14 @@ def schedule_from_config(config: dict[str, Any]) -> Schedule:
     return _KINDS[kind](**cfg)
 
 
+# Where an S4SScheduler's config keeps its solver (read here to tell a flow solver's config).
+S4S_SOLVER_KEY = "_s4s_solver"
+
+
 def is_flow_config(cfg: dict[str, Any]) -> bool:
     """A flow-matching config: a ``FlowMatch*`` class, ``use_flow_sigmas``, ``flow_prediction``, or an
     ``S4SScheduler`` config holding a flow solver."""
-    stored = cfg.get("_s4s_solver")  # an S4SScheduler's config: its solver names the schedule
+    stored = cfg.get(S4S_SOLVER_KEY)  # an S4SScheduler's config: its solver names the schedule
     stored_kind = (stored.get("schedule") or {}).get("kind") if isinstance(stored, dict) else None
     return ("FlowMatch" in str(cfg.get("_class_name", "")) or bool(cfg.get("use_flow_sigmas"))
             or cfg.get("prediction_type") == "flow_prediction" or stored_kind == "flow")

@@ -262,16 +262,20 @@ class Solver:
         return Solver(self.grid[k:], tables, self.input_times[k:], self.schedule,
                       {**self.metadata, "started_at_step": k})
 
+    def noise_levels(self) -> Tensor:
+        """VE noise levels ``sigma_t / alpha_t`` of the ``N + 1`` grid points (needs the schedule)."""
+        if self.schedule is None:
+            raise ValueError("the solver's noise levels need its noise schedule")
+        g = self.grid.detach()
+        return self.schedule.sigma(g) / self.schedule.alpha(g)
+
     def k_sigmas(self) -> Tensor:
-        """The grid as k-diffusion sigmas: VE noise levels ``sigma_t / alpha_t`` of ``t_0 .. t_{N-1}``, then ``0``.
+        """The grid as k-diffusion sigmas: :meth:`noise_levels` of ``t_0 .. t_{N-1}``, then ``0``.
 
         Pass them to k-diffusion-style samplers (:func:`s4s.integrations.k_diffusion.sample_s4s`); the
         solver still ends at its own last grid point ``t_N``.
         """
-        if self.schedule is None:
-            raise ValueError("k_sigmas() needs the solver's noise schedule")
-        g = self.grid.detach()
-        ve = self.schedule.sigma(g) / self.schedule.alpha(g)
+        ve = self.noise_levels()
         return torch.cat([ve[:-1], torch.zeros(1, dtype=ve.dtype)])
 
     # --- serialisation -------------------------------------------------------------------

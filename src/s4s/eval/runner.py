@@ -104,8 +104,7 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
-    if guidance is not None and not model.num_classes:
-        raise ValueError("--guidance needs a class-conditional model")
+    model.check_guidance(guidance)
     t0 = time.time()
     if feature_net is None and ("fd" in metrics or model.is_mnist_like):
         feature_net = feature_network_for(model.image_shape, device=model.device)

@@ -51,14 +51,14 @@ from torch import Tensor
 
 from s4s.diffusers_config import config_dict, read_scheduler_config
 from s4s.prediction import to_denoised
-from s4s.schedules import Flow, Schedule, VPDiscrete, same_process
+from s4s.schedules import S4S_SOLVER_KEY, Flow, Schedule, VPDiscrete, same_process
 from s4s.solver import Recurrence, Solver
 
 log = logging.getLogger(__name__)
 
 __all__ = ["S4SScheduler", "SOLVER_KEY"]
 
-SOLVER_KEY = "_s4s_solver"
+SOLVER_KEY = S4S_SOLVER_KEY
 
 # Schedulers whose configs describe a schedule S4SScheduler can take (discrete VP or flow).
 COMPATIBLES = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
@@ -81,6 +81,22 @@ def _config_for_schedule(schedule: Schedule) -> dict[str, Any]:
         return {k: cfg[k] for k in ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps")}
     raise ValueError(f"S4SScheduler serves diffusers pipelines, whose schedules are discrete VP or flow; "
                      f"this solver's is {schedule!r}")
+
+
+def _check_same_schedule(solver: Solver, schedule: Schedule) -> None:
+    if solver.schedule is None or not same_process(schedule, solver.schedule):
+        raise ValueError(f"the solver was built for {solver.schedule!r}; the scheduler config describes "
+                         f"another schedule ({schedule!r})")
+
+
+def _as_float(timestep: Union[float, Tensor]) -> float:
+    return float(timestep.flatten()[0]) if isinstance(timestep, Tensor) else float(timestep)
+
+
+def _steps_at(times: Tensor, value: float) -> Tensor:
+    """Indices of ``times`` equal to ``value`` (to 1e-5 relative, 1e-3 absolute: timesteps pass through float32)."""
+    return torch.isclose(times.detach().double().cpu(), torch.tensor(value, dtype=torch.float64),
+                         rtol=1e-5, atol=1e-3).nonzero().flatten()
 
 
 class S4SScheduler(SchedulerMixin, ConfigMixin):
@@ -120,9 +136,7 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
                           beta_schedule=beta_schedule, trained_betas=trained_betas, prediction_type=prediction_type,
                           clip_sample=clip_sample, clip_sample_range=clip_sample_range)
             spec = read_scheduler_config(config)
-        if not same_process(spec.schedule, self.solver.schedule):
-            raise ValueError(f"the solver was built for {self.solver.schedule!r}; the scheduler config describes "
-                             f"another schedule ({spec.schedule!r})")
+        _check_same_schedule(self.solver, spec.schedule)
         self.register_to_config(**config)
         self.register_to_config(**{SOLVER_KEY: self.solver.to_dict()})
         self.spec = spec
@@ -130,9 +144,10 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
         grid = self.solver.grid
         self.init_noise_sigma = 1.0 if self.flow else float(self.schedule.sigma(grid[0]))
         # diffusers' sigmas: the noise level of each state (VE sigma for VP, t itself for flow), ending at t_N
-        self.sigmas = (grid if self.flow else self.schedule.sigma(grid) / self.schedule.alpha(grid)).float()
+        self.sigmas = (grid if self.flow else self.solver.noise_levels()).float()
         self.num_inference_steps = self.solver.nfe
-        self.timesteps = self._model_times().float()
+        self._model_t = self.spec.model_time(self.solver.input_times)  # exact (float64) network timesteps
+        self.timesteps = self._model_t.float()
         self._begin_index: Optional[int] = None
         self._reset()
 
@@ -169,17 +184,12 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
             except ValueError as err:
                 raise ValueError(f"the solver was built for {solver.schedule!r}; the scheduler config does not "
                                  f"describe it: {err}") from None
-            if solver.schedule is None or not same_process(spec.schedule, solver.schedule):
-                raise ValueError(f"the solver was built for {solver.schedule!r}; the scheduler config describes "
-                                 f"another schedule ({spec.schedule!r})")
+            _check_same_schedule(solver, spec.schedule)
             if kwargs.get("prediction_type") is None and not isinstance(spec.schedule, Flow):
                 kwargs["prediction_type"] = spec.prediction_type
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, solver=solver, **kwargs)
 
     # --- times -----------------------------------------------------------------------------
-    def _model_times(self) -> Tensor:
-        return self.spec.model_time(self.solver.input_times)
-
     def _reset(self) -> None:
         self._state: Optional[Recurrence] = None
         self._start = 0
@@ -201,9 +211,9 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
 
     def index_for_timestep(self, timestep: Union[float, Tensor], schedule_timesteps: Optional[Tensor] = None) -> int:
         """The step whose model time is ``timestep``; one ``ValueError`` when no step has it."""
-        times = (self.timesteps if schedule_timesteps is None else schedule_timesteps).detach().double().cpu()
-        value = float(timestep.flatten()[0]) if isinstance(timestep, Tensor) else float(timestep)
-        close = torch.isclose(times, torch.tensor(value, dtype=torch.float64), rtol=1e-5, atol=1e-3).nonzero()
+        times = self._model_t if schedule_timesteps is None else schedule_timesteps
+        value = _as_float(timestep)
+        close = _steps_at(times, value)
         if close.numel() == 0:
             raise ValueError(f"timestep {value:g} is not one of this solver's timesteps "
                              f"{[round(t, 3) for t in times.tolist()]}")
@@ -219,13 +229,13 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
                              f"num_inference_steps={num_inference_steps} is not supported (pass num_inference_steps={nfe})")
         if timesteps is not None:
             given = torch.as_tensor(timesteps, dtype=torch.float64).flatten().cpu()
-            if given.numel() != nfe or not torch.allclose(given, self._model_times(), rtol=1e-5, atol=1e-3):
-                raise ValueError(f"custom timesteps differ from the solver's {self._model_times().tolist()}")
+            if given.numel() != nfe or not torch.allclose(given, self._model_t, rtol=1e-5, atol=1e-3):
+                raise ValueError(f"custom timesteps differ from the solver's {self._model_t.tolist()}")
         if sigmas is not None:
             self._check_sigmas(torch.as_tensor(np.asarray(sigmas, dtype=np.float64)).flatten())
         if mu is not None:
             self._check_mu(float(mu))
-        self.timesteps = self._model_times().float().to(device)
+        self.timesteps = self._model_t.float().to(device)
         self.sigmas = self.sigmas.to(device)
         self._begin_index = None
         self._reset()
@@ -278,10 +288,10 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
         if i >= self.solver.nfe:
             raise RuntimeError(f"step() called {i + 1} times for a {self.solver.nfe}-call solver; "
                                "call set_timesteps() first")
-        expected = float(self.timesteps[i])
-        value = float(timestep.flatten()[0]) if isinstance(timestep, Tensor) else float(timestep)
-        if abs(value - expected) > 1e-3 + 1e-5 * abs(expected):
-            raise ValueError(f"step() got timestep {value:g}, but step {i} of this solver is at {expected:g}")
+        value = _as_float(timestep)
+        if _steps_at(self._model_t[i:i + 1], value).numel() == 0:
+            raise ValueError(f"step() got timestep {value:g}, but step {i} of this solver is at "
+                             f"{float(self._model_t[i]):g}")
         d = self._to_denoised(model_output.to(dtype), x, self.solver.input_times[i].to(sample.device))
         prev = self._state.push(d, x).to(sample.dtype)
         self._step_index = i + 1
@@ -291,8 +301,7 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
         """s4s times of the states at ``timesteps``: a listed timestep means its step's grid time."""
         out = []
         for value in timesteps.detach().double().flatten().cpu().tolist():
-            close = torch.isclose(self._model_times(), torch.tensor(value, dtype=torch.float64), rtol=1e-5, atol=1e-3)
-            idx = close.nonzero()
+            idx = _steps_at(self._model_t, value)
             out.append(float(self.solver.grid[int(idx[0])]) if idx.numel() else value / self.spec.timestep_scale)
         return torch.tensor(out, dtype=torch.float64)
 

@@ -37,7 +37,7 @@ def sample_s4s(model: Callable[..., Tensor], x: Tensor, sigmas: Tensor, extra_ar
     if steps != solver.nfe:
         raise ValueError(f"sigmas describe {steps} steps; this solver makes {solver.nfe} model calls")
     alpha = sched.alpha(solver.grid)
-    ve_grid = sched.sigma(solver.grid) / alpha  # N + 1 noise levels; k_sigmas() ends them with 0 instead
+    ve_grid = solver.noise_levels()  # N + 1 values; k_sigmas() ends them with 0 instead
     given = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu().flatten()
     last_ok = bool(given[-1] == 0) or bool(torch.isclose(given[-1], ve_grid[-1], rtol=1e-4))
     if not (torch.allclose(given[:-1], ve_grid[:-1], rtol=1e-4, atol=0) and last_ok):

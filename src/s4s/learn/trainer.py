@@ -41,6 +41,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from s4s.baselines import BASELINES
+from s4s.checks import first_line
 from s4s.grids import GRIDS, make_grid
 from s4s.io import atomic_write, atomic_write_text
 from s4s.learn.objectives import make_distance
@@ -216,7 +217,7 @@ def _load_checkpoint(path: Path, config: LearnConfig, data_digest: str) -> Optio
     try:
         state = torch.load(path, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file: say so in one line
-        raise ValueError(f"cannot read the checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+        raise ValueError(f"cannot read the checkpoint {path} ({type(err).__name__}: {first_line(err, 200)}); "
                          "delete it or run without --resume") from None
     saved, now = state.get("config") or {}, asdict(config)
     diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in sorted(now)
