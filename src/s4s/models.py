@@ -158,11 +158,12 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
         raise ValueError(f"{folder}: not a diffusers model folder (no config.json)")
     config = _read_json(folder / "config.json")
     sched_cfg = _scheduler_config(folder)
-    spec = read_scheduler_config(sched_cfg)
+    spec = read_scheduler_config(sched_cfg)  # refuse an unusable scheduler config before loading any weights
     unet = _load_module(_unet_class(config), folder, dtype).to(device).eval().requires_grad_(False)
     if config.get("cross_attention_dim") is not None and "Condition" in str(config.get("_class_name")):
         raise ValueError(f"{folder}: text-conditioned UNets need prompt embeddings; use the Python API: "
-                         "Denoiser.from_diffusers(unet, schedule) with cond={'encoder_hidden_states': emb}")
+                         "Denoiser.from_diffusers(pipe, null_cond={'encoder_hidden_states': negative_emb}) with "
+                         "cond={'encoder_hidden_states': emb} (README, Integrations)")
     n_embeds = config.get("num_class_embeds") or 0
     num_classes = max(n_embeds - 1, 0)
     sample_size = config.get("sample_size", 28)
