@@ -17,7 +17,7 @@ import torch
 
 import s4s
 from s4s.bench.gmm import default_testbed, gmm_schedule
-from s4s.learn import LearnConfig, TeacherData, train_solver
+from s4s.learning import LearnConfig, TeacherData, train_solver
 
 VARIANTS = [
     ("S4S (LMS)", dict(method="s4s")),

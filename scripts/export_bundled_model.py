@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 
+from s4s.models import DATA_KEY
+
 from s4s.integrations.pipeline import ClassConditionalPipeline
 
 
@@ -33,6 +35,10 @@ def main() -> None:
     else:
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     ClassConditionalPipeline(unet=unet, scheduler=sched).save_pretrained(str(args.dst))
+    index_path = args.dst / "model_index.json"  # declare the data set: it picks the bundled feature networks
+    index = json.loads(index_path.read_text())
+    index[DATA_KEY] = "mnist"
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     shutil.copy(args.src / "training.json", args.dst / "training.json")
     print(f"exported step {info.get('trained_steps', info.get('steps'))} to {args.dst}")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
@@ -9,6 +12,8 @@ import s4s
 
 # The tests use small tensors: one thread avoids oversubscription on shared 2-core machines.
 torch.set_num_threads(1)
+# Teacher samples are cached by default (the API and the CLI alike): never into the user's ~/.cache from tests.
+os.environ["S4S_CACHE"] = tempfile.mkdtemp(prefix="s4s-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ def test_rk45_converges_to_the_exact_ode_solution(schedule, gmm):
 
 def test_rk45_teacher_spec_in_teacher_data(vp, gmm):
     den = gmm.denoiser(vp)
-    data = make_teacher_data(den, vp, (gmm.dim,), 24, "rk45:1e-6", seed=5, batch_size=16, progress=False)
+    data = make_teacher_data(den, vp, (gmm.dim,), num_samples=24, teacher="rk45:1e-6", seed=5, batch_size=16, progress=False)
     ref = gmm.ode_solution(data.x_T.to(torch.float64), vp, vp.t_max, vp.t_min)
     assert data.meta["teacher"] == "rk45:1e-6"
     assert float((data.x0.to(torch.float64) - ref).pow(2).mean().sqrt()) < 1e-4  # float32 noise and outputs

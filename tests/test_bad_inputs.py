@@ -18,7 +18,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ from s4s.checks import NonFiniteError
 from s4s.cli import main
 from s4s.eval.frechet import FeatureStats, frechet_distance
 from s4s.teacher import make_teacher_data
-from s4s.learn.trainer import LearnConfig, train_solver
+from s4s.learning.trainer import LearnConfig, train_solver
 
 
 # --- the files the cases use -------------------------------------------------------------------------
@@ -136,9 +136,11 @@ def api(cls: str, id: str, fn: Callable[[Env], Any], exc: type[BaseException], f
     CASES.append(Case(id, cls, fn, exc, fragment))
 
 
-def _eval(e: Env, *extra: Any, model: Any = None) -> list:
-    return ["eval", "--model", str(model or e.cond), "--solver", "ddim", "--nfe", "2", "--num-samples", "8",
-            "--batch-size", "8", "--no-cache", "--metrics", "teacher", "--teacher", "ddim:3", *map(str, extra)]
+def _eval(e: Env, *extra: Any, model: Any = None, data: Optional[str] = "mnist") -> list:
+    """``s4s eval`` of a tiny model; the 1x28x28 test models stand in for MNIST ones (``--data mnist``)."""
+    declared = [] if data is None else ["--data", data]
+    return ["eval", "--model", str(model or e.cond), *declared, "--solver", "ddim", "--nfe", "2", "--num-samples",
+            "8", "--batch-size", "8", "--no-cache", "--metrics", "teacher", "--teacher", "ddim:3", *map(str, extra)]
 
 
 def _eval_solver(e: Env, solver: Any, *extra: Any, model: Any = None) -> list:
@@ -147,7 +149,7 @@ def _eval_solver(e: Env, solver: Any, *extra: Any, model: Any = None) -> list:
 
 
 def _learn(e: Env, *extra: Any, model: Any = None, out: Any = None) -> list:
-    return ["learn", "--model", str(model or e.cond), "--nfe", "2", "--samples", "8", "--steps", "1", "--teacher",
+    return ["learn", "--model", str(model or e.cond), "--nfe", "2", "--teacher-samples", "8", "--steps", "1", "--teacher",
             "ddim:3", "--no-cache", "--out", str(out or (e.root / "never-written.json")), *map(str, extra)]
 
 
@@ -162,7 +164,7 @@ for flag, values, valid in [("--num-samples", ["0", "-5", "1"], "an integer >= 2
                             ("--guidance", ["nan", "inf", "-inf"], "a finite number")]:
     for v in values:
         cli("argument range", f"eval {flag} {v}", lambda e, f=flag, v=v: [*_eval(e), f"{f}={v}"], 2, f"{flag} must be {valid}")
-for flag, values, valid in [("--nfe", ["0", "-1"], "an integer >= 1"), ("--samples", ["0", "-4", "1"], "an integer >= 2"),
+for flag, values, valid in [("--nfe", ["0", "-1"], "an integer >= 1"), ("--teacher-samples", ["0", "-4", "1"], "an integer >= 2"),
                             ("--steps", ["0", "-1"], "an integer >= 1"), ("--batch-size", ["0", "-1"], "an integer >= 1"),
                             ("--lr", ["0", "-1", "nan", "inf"], "a finite number > 0"),
                             ("--ball-radius", ["-1", "nan", "inf"], "a finite number >= 0"),
@@ -175,7 +177,7 @@ for flag, v, valid in [("--num-samples", "0", "an integer >= 2"), ("--num-sample
     cli("argument range", f"bench {flag} {v}", lambda e, f=flag, v=v: [*_bench(e), f, v], 2, f"{flag} must be {valid}")
 cli("argument range", "bench unknown baseline", lambda e: [*_bench(e), "--baselines", "rk99"], 2, "unknown baseline")
 cli("argument range", "bench unknown grid", lambda e: [*_bench(e), "--grids", "spiral"], 2, "grid(s)")
-cli("argument range", "bench-baselines --samples 0", lambda e: ["bench-baselines", "--samples", "0"], 2, "--samples must be")
+cli("argument range", "bench-baselines --num-samples 0", lambda e: ["bench-baselines", "--num-samples", "0"], 2, "--num-samples must be")
 cli("argument range", "bench-baselines --nfe 0", lambda e: ["bench-baselines", "--nfe", "0"], 2, "--nfe must be")
 cli("argument range", "demo --nfe 0", lambda e: ["demo", "--nfe", "0"], 2, "--nfe must be")
 cli("argument range", "demo --num-samples 1", lambda e: ["demo", "--num-samples", "1"], 2, "--num-samples must be")
@@ -307,7 +309,7 @@ cli("one-line failure", "eval solver is a folder", lambda e: _eval_solver(e, e.d
 cli("one-line failure", "eval solver of another schedule", lambda e: _eval_solver(e, e.flow_solver), 2,
     "was built for schedule")
 cli("one-line failure", "eval --inception-weights missing on RGB", lambda e: [
-    *_eval(e, model=_rgb(e))[:-4], "--metrics", "fd", "--inception-weights", e.root / "none.pth"], 2, "Inception")
+    *_eval(e, model=_rgb(e), data=None)[:-4], "--metrics", "fd", "--inception-weights", e.root / "none.pth"], 2, "Inception")
 cli("one-line failure", "bench-report of a missing file", lambda e: ["bench-report", str(e.root / "none.json"), "--out",
                                                                       str(e.root / "rep")], 2, "cannot read bench results")
 cli("one-line failure", "bench-report of a non-JSON file", lambda e: ["bench-report", str(e.a_file), "--out",
@@ -382,7 +384,7 @@ def _checkpointed(e: Env) -> tuple:
     """A GMM learning run stopped at step 10 (its checkpoint in a run folder), made once."""
     if not hasattr(e, "_ckpt"):
         gmm, vp = s4s.GaussianMixture.random(dim=4, components=2, seed=0), s4s.VPDiscrete()
-        data = make_teacher_data(gmm.denoiser(vp), vp, (4,), 48, "unipc_bh2:10", seed=0, progress=False)
+        data = make_teacher_data(gmm.denoiser(vp), vp, (4,), num_samples=48, teacher="unipc_bh2:10", seed=0, progress=False)
         train, val = data.split(36)
         run = e.root / "resume-run"
         kw = dict(nfe=3, method="s4s", base="dpmpp_3m", grid="time", steps=10, val_every=5, batch_size=8)
@@ -443,7 +445,7 @@ DAMAGES: dict[str, Callable[[Path], Any]] = {
 
 def _gmm_teacher(cache: Path, **kw: Any):
     gmm, vp = s4s.GaussianMixture.random(dim=4, components=2, seed=0), s4s.VPDiscrete()
-    return make_teacher_data(gmm.denoiser(vp), vp, (4,), 40, "unipc_bh2:10", seed=3, batch_size=16, cache_dir=cache,
+    return make_teacher_data(gmm.denoiser(vp), vp, (4,), num_samples=40, teacher="unipc_bh2:10", seed=3, batch_size=16, cache_dir=cache,
                              fingerprint="gmm-test", progress=False, **kw)
 
 
@@ -522,8 +524,8 @@ def test_json_is_always_valid_and_few_sample_fd_is_flagged(env, capsys, caplog):
     def strict(text: str) -> dict:
         return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"invalid JSON {c}")))
 
-    assert main(["eval", "--model", str(env.cond), "--solver", "ddim", "--nfe", "2", "--num-samples", "8",
-                 "--no-cache", "--json"]) == 0
+    assert main(["eval", "--model", str(env.cond), "--data", "mnist", "--solver", "ddim", "--nfe", "2", "--num-samples",
+                 "8", "--no-cache", "--json"]) == 0
     out = strict(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["fd"] is not None and "rank-deficient" in out["fd_warning"] and "rank-deficient" in caplog.text
 
@@ -541,7 +543,7 @@ def test_eval_uses_the_solver_s_guidance_unless_told_otherwise(env, capsys, capl
 
 def test_bench_merges_or_overwrites_only_when_asked(env, capsys):
     out = env.root / "bench-merge"
-    argv = ["bench", "--model", str(env.cond), "--baselines", "ddim", "--methods", "--grids", "time", "--num-samples",
+    argv = ["bench", "--model", str(env.cond), "--data", "mnist", "--baselines", "ddim", "--methods", "--grids", "time", "--num-samples",
             "4", "--out", str(out)]
     assert main([*argv, "--nfe", "2"]) == 0
     assert main([*argv, "--nfe", "3"]) == 2  # refuses to overwrite
@@ -553,7 +555,7 @@ def test_bench_merges_or_overwrites_only_when_asked(env, capsys):
 
 
 def test_learn_refuses_a_bad_output_before_any_teacher_work(env, monkeypatch):
-    api_module = importlib.import_module("s4s.learn.api")
+    api_module = importlib.import_module("s4s.learning.api")
     monkeypatch.setattr(api_module, "make_teacher_data", lambda *a, **k: pytest.fail("teacher work started"))
     assert main(_learn(env, out=env.a_file / "s.json")) == 2
 

@@ -36,7 +36,7 @@ def test_feature_stats_round_trip(tmp_path):
 
 def test_bundled_classifier_and_reference_are_consistent():
     clf = load_mnist_classifier()
-    net = feature_network_for((1, 28, 28))
+    net = feature_network_for((1, 28, 28), "mnist")
     assert net.reference.dim == clf.num_features == 128 and net.reference.count == 10000
     assert "MNIST classifier" in net.name
     x = torch.rand(4, 1, 28, 28) * 2 - 1
@@ -50,6 +50,10 @@ def test_inception_needs_local_weights_with_a_clear_error(tmp_path):
         feature_network_for((3, 32, 32), inception_weights=tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="no feature network fits"):
         feature_network_for((4, 16, 16))
+    with pytest.raises(ValueError, match="no feature network fits"):  # the shape alone never picks the MNIST classifier
+        feature_network_for((1, 28, 28))
+    with pytest.raises(ValueError, match="whose networks take"):
+        feature_network_for((3, 32, 32), "mnist")
 
 
 def _tiny_model_folder(path, channels=1, size=28, classes=3):
@@ -65,7 +69,7 @@ def _tiny_model_folder(path, channels=1, size=28, classes=3):
 
 def test_eval_json_has_the_documented_keys(tmp_path, capsys):
     folder = _tiny_model_folder(tmp_path / "tiny")
-    rc = main(["eval", "--model", str(folder), "--solver", "ddim", "--nfe", "2", "--num-samples", "24", "--batch-size",
+    rc = main(["eval", "--model", str(folder), "--data", "mnist", "--solver", "ddim", "--nfe", "2", "--num-samples", "24", "--batch-size",
                "12", "--metrics", "fd,teacher", "--teacher", "ddim:4", "--no-cache", "--json", "--guidance", "1.5",
                "--save-images", str(tmp_path / "grid.png")])
     assert rc == 0

@@ -36,7 +36,7 @@ def test_latent_pipeline_loads_in_latent_space(latent_pipeline):
 def test_latent_pipeline_learns_and_samples_end_to_end(tmp_path, latent_pipeline, decode_loss, capsys):
     out = tmp_path / "solver.json"
     args = ["learn", "--model", str(latent_pipeline), "--nfe", "3", "--method", "s4s-alt", "--preset", "fast",
-            "--teacher", "ddim:8", "--samples", "16", "--steps", "4", "--batch-size", "4", "--grid", "time",
+            "--teacher", "ddim:8", "--teacher-samples", "16", "--steps", "4", "--batch-size", "4", "--grid", "time",
             "--base", "dpmpp_3m", "--out", str(out), "--no-cache"] + (["--decode-loss", "--no-learn-a"] if decode_loss else [])
     assert main(args) == 0
     config = json.loads((tmp_path / "solver-run" / "config.json").read_text())

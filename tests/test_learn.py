@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import s4s
-from s4s.learn import LearnableSolver, LearnConfig, TeacherData, train_solver
-from s4s.learn.api import learn_with_result
+from s4s.learning import LearnableSolver, LearnConfig, train_solver
+from s4s.teacher import TeacherData
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,9 @@ def _rmse(solver, den, test):
 def learned(setup):
     schedule, den, (train, val), test = setup
     out = {}
-    for method in ("s4s", "s4s-alt"):
-        cfg = LearnConfig(nfe=4, method=method, base="dpmpp_3m", grid="quadratic", steps=150, batch_size=64, val_every=15)
+    for method in ("s4s", "s4s-alt"):  # the paper's parametrisation (no learned state weights), short rounds
+        cfg = LearnConfig(nfe=4, method=method, base="dpmpp_3m", grid="quadratic", steps=150, batch_size=64, val_every=15,
+                          learn_a=False, alt_round=25)
         out[method] = train_solver(den, schedule, train, val, cfg, progress=False)
     return out
 
@@ -130,13 +131,13 @@ def test_bad_arguments_fail_fast(setup):
     with pytest.raises(ValueError, match="unknown loss"):
         train_solver(den, schedule, train, val, LearnConfig(nfe=4, loss="ssim", base="ddim", grid="time"), progress=False)
     with pytest.raises(ValueError, match="unknown learning option"):
-        learn_with_result(den, schedule, 4, (16,), teacher_data=TeacherData(train.x_T, None, train.x0), stepz=3)
+        s4s.learn(den, schedule, 4, (16,), teacher_data=TeacherData(train.x_T, None, train.x0), stepz=3)
 
 
 def test_learn_api_with_baseline_teacher_and_guidance(tmp_path, setup):
     schedule, den, _, _ = setup
     labels = torch.arange(96) % 6
-    res = learn_with_result(den, schedule, 3, (16,), method="s4s", teacher="dpmpp_3m:40", num_samples=96,
+    res = s4s.learn(den, schedule, 3, (16,), method="s4s", teacher="dpmpp_3m:40", num_samples=96,
                             labels=labels, guidance=2.0, steps=20, batch_size=16, val_every=10, base="dpmpp_3m",
                             grid="quadratic", cache_dir=tmp_path / "cache", run_dir=tmp_path / "run", progress=False)
     assert res.solver.metadata["guidance"] == 2.0 and res.solver.nfe == 3
@@ -149,7 +150,7 @@ def test_learn_api_with_baseline_teacher_and_guidance(tmp_path, setup):
     meta = next((tmp_path / "cache").glob("*/meta.json"))
     meta.write_text(meta.read_text().replace('"dpmpp_3m:40"', '"dpmpp_3m:41"'))
     with pytest.raises(ValueError, match="different request"):
-        learn_with_result(den, schedule, 3, (16,), method="s4s", teacher="dpmpp_3m:40", num_samples=96, labels=labels,
+        s4s.learn(den, schedule, 3, (16,), method="s4s", teacher="dpmpp_3m:40", num_samples=96, labels=labels,
                           guidance=2.0, steps=2, batch_size=16, base="dpmpp_3m", grid="quadratic",
                           cache_dir=tmp_path / "cache", progress=False)
 
@@ -178,7 +179,7 @@ def test_explicit_device_gives_the_same_run(setup):
 
 
 def test_learning_rate_warm_up_and_cosine_decay():
-    from s4s.learn.trainer import _lr_factor
+    from s4s.learning.trainer import _lr_factor
 
     assert [_lr_factor(k, 4) for k in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     assert _lr_factor(10, 4, step=50, steps=100, decay="cosine") == pytest.approx(0.5)
@@ -189,13 +190,13 @@ def test_learning_rate_warm_up_and_cosine_decay():
 
 def test_default_learning_rate_depends_on_nfe_and_an_explicit_one_wins():
     """No lr given: 1e-2 up to NFE 6, 2e-3 above (trainer.default_lr); the run's config records it."""
-    assert [LearnConfig(nfe=n).lr for n in (3, 6, 7, 10)] == [1e-2, 1e-2, 2e-3, 2e-3]
-    assert LearnConfig(nfe=10, lr=5e-2).lr == 5e-2
+    assert [LearnConfig(nfe=n).coefficient_lr for n in (3, 6, 7, 10)] == [1e-2, 1e-2, 2e-3, 2e-3]
+    assert LearnConfig(nfe=10, lr=5e-2).coefficient_lr == 5e-2
 
 
 def test_auto_base_is_predictor_only_for_lms_methods_and_unipc_for_pc(setup):
-    from s4s.learn.objectives import make_distance
-    from s4s.learn.trainer import choose_base
+    from s4s.learning.objectives import make_distance
+    from s4s.learning.trainer import choose_base
 
     schedule, den, (_, val), _ = setup
     for method, expected in [("s4s-alt", {"dpmpp_3m", "unip_bh1", "unip_bh2"}),
@@ -214,8 +215,8 @@ def test_teacher_cache_separates_a_clamped_denoiser_from_the_plain_one(tmp_path)
     plain, clamped = model.denoiser(schedule), model.denoiser(schedule)
     clamped.clip_range = (-0.5, 0.5)
     kw = dict(teacher="dpmpp_3m:20", seed=3, cache_dir=tmp_path, fingerprint=plain.fingerprint, progress=False)
-    a = make_teacher_data(plain, schedule, (16,), 32, **kw)
-    b = make_teacher_data(clamped, schedule, (16,), 32, **kw)
+    a = make_teacher_data(plain, schedule, (16,), num_samples=32, **kw)
+    b = make_teacher_data(clamped, schedule, (16,), num_samples=32, **kw)
     assert len(list(tmp_path.glob("*/meta.json"))) == 2
     assert b.x0.abs().max() < 0.6 < a.x0.abs().max()  # ends at t_min > 0: within 0.5 up to the last noise
-    assert torch.equal(make_teacher_data(clamped, schedule, (16,), 32, **kw).x0, b.x0)  # reused from its own entry
+    assert torch.equal(make_teacher_data(clamped, schedule, (16,), num_samples=32, **kw).x0, b.x0)  # reused from its own entry

@@ -7,7 +7,7 @@ from s4s.cli import main
 from s4s.data import load_mnist
 from s4s.bundled.classifier import load_mnist_classifier
 from s4s.bundled.perceptual import MnistPerceptualNet, load_mnist_perceptual
-from s4s.learn.objectives import make_distance
+from s4s.learning.objectives import make_distance
 
 
 def _lpips_by_hand(net: MnistPerceptualNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -42,18 +42,20 @@ def test_shipped_perceptual_network_and_fd_classifier_classify_mnist_test():
     assert acc_p >= 0.98 and acc_c >= 0.99
 
 
-def test_cli_perceptual_loss_needs_an_mnist_like_pixel_model(tmp_path, caplog):
+def test_cli_perceptual_loss_needs_a_model_that_declares_its_data(tmp_path, caplog):
     from test_eval import _tiny_model_folder
 
     folder = _tiny_model_folder(tmp_path / "rgb", channels=3, size=16, classes=0)
     rc = main(["learn", "--model", str(folder), "--nfe", "2", "--loss", "perceptual", "--out", str(tmp_path / "s.json")])
-    assert rc == 2 and "1x28x28" in caplog.text
+    assert rc == 2 and "declares none" in caplog.text
+    rc = main(["learn", "--model", str(folder), "--data", "mnist", "--nfe", "2", "--out", str(tmp_path / "s.json")])
+    assert rc == 2 and "whose networks take (1, 28, 28) images" in caplog.text
 
 
-def test_auto_loss_is_perceptual_for_mnist_like_pixel_models_only(tmp_path):
+def test_auto_loss_is_perceptual_only_for_models_that_declare_mnist(tmp_path):
     from test_eval import _tiny_model_folder
 
-    from s4s.learn.model_losses import resolve_loss
+    from s4s.learning.model_losses import resolve_loss
     from s4s.models import load_model
 
     mnist = load_model(None)
@@ -63,5 +65,11 @@ def test_auto_loss_is_perceptual_for_mnist_like_pixel_models_only(tmp_path):
     assert resolve_loss(mnist, "l1") == ("l1", None)
     rgb = load_model(_tiny_model_folder(tmp_path / "rgb", channels=3, size=16, classes=0))
     assert resolve_loss(rgb, None) == ("l2", None)
-    with pytest.raises(ValueError, match="1x28x28"):
+    with pytest.raises(ValueError, match="declares none"):
         resolve_loss(rgb, "perceptual")
+    # a 1x28x28 model that is not declared MNIST learns with l2 (the shape alone picks nothing) ...
+    gray = _tiny_model_folder(tmp_path / "gray")
+    assert resolve_loss(load_model(gray), "auto") == ("l2", None)
+    # ... and with the MNIST network once it declares MNIST data
+    declared, declared_fn = resolve_loss(load_model(gray, data="mnist"), "auto")
+    assert declared == "perceptual" and torch.equal(declared_fn(x), load_mnist_perceptual().features(x))

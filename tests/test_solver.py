@@ -143,7 +143,18 @@ def test_heun_counts_calls(vp, gmm, noise8):
     sampler = s4s.baseline("heun", vp, 9, grid="edm")
     model, calls = _counting(gmm.denoiser(vp))
     sampler.sample(model, noise8)
-    assert sampler.nfe == 9 and len(calls) == 9
+    assert sampler.nfe == 9 and len(calls) == 9 and sampler.metadata["nfe"] == 9
+
+
+def test_heun_is_an_honest_reference_sampler(vp, tmp_path):
+    """Odd NFE only, said by one predicate the benchmarks share; it has no solver file and says so."""
+    from s4s.baselines import nfe_supported
+
+    assert [n for n in range(1, 8) if nfe_supported("heun", n)] == [1, 3, 5, 7]
+    assert all(nfe_supported("dpmpp_3m", n) for n in range(1, 8)) and not nfe_supported("ddim", 0)
+    with pytest.raises(TypeError, match="no solver file"):
+        s4s.baseline("heun", vp, 5).save(tmp_path / "heun.json")
+    assert not (tmp_path / "heun.json").exists()
 
 
 def test_baseline_errors(vp):

@@ -17,7 +17,8 @@ from s4s.grids import GRIDS, make_grid, validate_grid
 from s4s.schedules import EDM, Flow, Schedule, VPCosine, VPDiscrete, VPLinear, schedule_from_config, schedule_from_diffusers
 from s4s.solver import Solver, SolverFileError, Tables, integrate
 from s4s.testbed import GaussianMixture
-from s4s.learn import LearnConfig, TeacherData, learn
+from s4s.teacher import TeacherData
+from s4s.learning import PRESETS, LearnConfig, LearnResult, learn
 
 __all__ = [
     "__version__",
@@ -27,7 +28,7 @@ __all__ = [
     "Schedule", "VPDiscrete", "VPLinear", "VPCosine", "EDM", "Flow", "schedule_from_config", "schedule_from_diffusers",
     "Solver", "SolverFileError", "Tables", "integrate",
     "GaussianMixture",
-    "learn", "LearnConfig", "TeacherData",
+    "learn", "LearnConfig", "LearnResult", "PRESETS", "TeacherData",
     "S4SScheduler", "ClassConditionalPipeline", "sample_s4s", "load_model", "bundled_model_path",
 ]
 

@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 
 from s4s.checks import first_line
 from s4s.io import atomic_write_text
+from s4s.teacher import default_cache_dir
 
 log = logging.getLogger("s4s")
 
@@ -24,7 +25,7 @@ NO_GUIDANCE = "none"
 ARG_RULES: dict[str, tuple[str, Any]] = {
     "nfe": ("an integer >= 1", lambda v: v >= 1),
     "num_samples": ("an integer >= 2", lambda v: v >= 2),
-    "samples": ("an integer >= 1", lambda v: v >= 1),
+    "teacher_samples": ("an integer >= 2", lambda v: v >= 2),
     "steps": ("an integer >= 1", lambda v: v >= 1),
     "batch_size": ("an integer >= 1", lambda v: v >= 1),
     "seed": ("an integer >= 0", lambda v: v >= 0),
@@ -49,7 +50,7 @@ def check_args(args: argparse.Namespace) -> None:
             continue
         if dest == "guidance" and value == NO_GUIDANCE and args.command != "eval":
             raise ValueError("--guidance none is for s4s eval; leave --guidance out instead")
-        flag = "--samples" if (args.command, dest) == ("learn", "num_samples") else f"--{dest.replace('_', '-')}"
+        flag = f"--{dest.replace('_', '-')}"
         for v in value if isinstance(value, list) else [value]:
             if not ok(v):
                 raise ValueError(f"{flag} must be {valid}, got {v}")
@@ -68,69 +69,77 @@ def json_text(value: Any) -> str:
     return json.dumps(clean(value), allow_nan=False)
 
 
+def emit(args: argparse.Namespace, result: Any, text: str) -> int:
+    """Print a command's result: one JSON document with ``--json``, else the human-readable ``text``."""
+    print(json_text(result) if getattr(args, "json", False) else text)
+    return 0
+
+
 def _cmd_bench_baselines(args: argparse.Namespace) -> int:
     from s4s.bench.gmm import baseline_errors, default_testbed, gmm_schedule, markdown_report, plot_best
 
-    rows = baseline_errors(default_testbed(), gmm_schedule(), nfes=args.nfe, num_samples=args.samples, seed=args.seed)
+    rows = baseline_errors(default_testbed(), gmm_schedule(), nfes=args.nfe, num_samples=args.num_samples, seed=args.seed)
     title = "Hand-designed solvers on the exact Gaussian-mixture model (16-D, 6 components, DDPM linear schedule)"
     command = "s4s bench-baselines " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "s4s bench-baselines"
     report = markdown_report(rows, title, command.strip())
-    print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+        atomic_write_text(args.out, report)
         plot = plot_best(rows, args.out.with_suffix(".png"), "Exact GMM, DDPM linear schedule")
         log.info("wrote %s%s", args.out, f" and {plot}" if plot else "")
-    return 0
+    return emit(args, rows, report)
+
+
+# s4s learn flag (dest) -> LearnConfig field; the flags left unset keep the preset's value.
+LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num_samples", "steps": "steps",
+               "batch_size": "batch_size", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
+               "ball_radius": "ball_radius", "base": "base", "grid": "grid", "learn_a": "learn_a",
+               "decode_loss": "decode_loss", "guidance": "guidance", "seed": "seed"}
+
+
+def learn_config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~s4s.LearnConfig` the flags ask for: the preset with every given flag replacing its field."""
+    from s4s.learning.config import preset_config
+
+    return preset_config(args.preset, nfe=args.nfe, **{field: getattr(args, dest) for dest, field in LEARN_FLAGS.items()})
 
 
 def _cmd_learn(args: argparse.Namespace) -> int:
     import time
 
     from s4s.bench.model import peak_memory_mb
-    from s4s.learn.presets import PRESETS
-    from s4s.learn.api import learn_with_result
-    from s4s.learn.model_losses import resolve_loss
-    from s4s.models import load_model
-
     from s4s.io import check_writable, check_writable_dir
+    from s4s.learning.api import learn
+    from s4s.models import load_model
 
     if args.out.exists() and not (args.force or args.resume):
         raise ValueError(f"{args.out} exists; pass --force to overwrite it (or --resume to continue its run)")
     run_dir = args.run_dir or args.out.with_name(args.out.stem + "-run")
     check_writable(args.out, "--out")  # before any teacher or learning work
     check_writable_dir(run_dir, "--run-dir")
+    config = learn_config_from_args(args)
+    config.validate()
     t0 = time.time()
-    model = load_model(args.model, device=resolve_device(args.device))
-    model.check_guidance(args.guidance)
-    options = dict(PRESETS[args.preset])
-    for key in ("teacher", "num_samples", "steps", "batch_size", "lr", "loss", "ball_radius", "base", "grid", "learn_a",
-                "lr_decay"):
-        value = getattr(args, key)
-        if value is not None:
-            options[key] = value
-    options["loss"], feature_fn = resolve_loss(model, options.get("loss"))
-    if args.decode_loss and not model.is_latent:
-        raise ValueError("--decode-loss needs a latent pipeline (a folder with a vae/ or vqvae/ component)")
-    labels = model.labels(options["num_samples"], guided=args.guidance is not None)
-    result = learn_with_result(model.denoiser, model.schedule, args.nfe, model.sample_shape, method=args.method,
-                               labels=labels, guidance=args.guidance, seed=args.seed, run_dir=run_dir,
-                               resume=args.resume, feature_fn=feature_fn,
-                               decode=model.decode if args.decode_loss else None,
-                               cache_dir=None if args.no_cache else default_cache_dir() / "teacher", **options)
+    model = load_model(args.model, device=resolve_device(args.device), data=args.data)
+    result = learn(model, config=config, run_dir=run_dir, resume=args.resume, cache=not args.no_cache)
     result.solver.save(args.out)
     meta = result.solver.metadata
-    print(f"learned {args.method} NFE {args.nfe} from {meta['base']}/{meta['grid_init']}: validation RMSE to the "
-          f"teacher {meta['base_val_rmse']:.4f} -> {meta['val_rmse']:.4f} ({meta['loss']}: {meta['base_val_loss']:.4g} "
-          f"-> {meta['val_loss']:.4g})")
+    summary = {**result.summary(), "solver": str(args.out), "run_dir": str(run_dir), "wall_seconds": time.time() - t0,
+               "peak_memory_mb": peak_memory_mb()}
+    lines = [f"learned {meta['method']} NFE {result.solver.nfe} from {result.base}/{result.grid}: validation RMSE to the "
+             f"teacher {meta['base_val_rmse']:.4f} -> {meta['val_rmse']:.4f} ({meta['loss']}: {meta['base_val_loss']:.4g} "
+             f"-> {meta['val_loss']:.4g})"]
     if result.stopped:
-        print(f"stopped early: {result.stopped}")
-    print(f"wrote {args.out} and {run_dir}/ ; wall time {time.time() - t0:.0f} s, peak memory {peak_memory_mb():.0f} MB")
-    return 0
+        lines.append(f"stopped early: {result.stopped}")
+    lines.append(f"wrote {args.out} and {run_dir}/ ; wall time {summary['wall_seconds']:.0f} s, peak memory "
+                 f"{summary['peak_memory_mb']:.0f} MB")
+    return emit(args, summary, "\n".join(lines))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from s4s.bench.model import markdown_table, plot_fd, run_model_bench
+    from dataclasses import asdict
+
+    from s4s.bench.model import feature_space_of, markdown_table, plot_fd, run_model_bench
     from s4s.models import load_model
 
     from s4s.baselines import BASELINES, HEUN
@@ -149,13 +158,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          "NFE: replaced) or --force to overwrite them")
     earlier = load_cells([results]) if results.exists() and args.merge else []
     check_writable_dir(args.out, "--out")
-    model = load_model(args.model, device=resolve_device(args.device))
+    model = load_model(args.model, device=resolve_device(args.device), data=args.data)
     model.check_guidance(args.guidance)
     cells = run_model_bench(model, args.nfe, args.baselines, args.grids, args.methods, args.num_samples, args.out,
                             seed=args.seed, guidance=args.guidance, preset=args.preset,
-                            cache_dir=None if args.no_cache else default_cache_dir() / "teacher",
+                            cache_dir=None if args.no_cache else default_cache_dir(),
                             teacher_metric=args.teacher_rmse, earlier=earlier)
-    notes = [f"Model: {model.name}. FD in MNIST classifier features (lower is better), {args.num_samples} samples "
+    notes = [f"Model: {model.name}. FD in {feature_space_of(cells)} (lower is better), {args.num_samples} samples "
              f"per cell, seed {args.seed}, guidance {args.guidance}. Baselines on their best grid of "
              f"{', '.join(args.grids)} (shown); learned solvers with preset '{args.preset}'. Bold: learned and better "
              "than every baseline at that NFE.", "",
@@ -163,11 +172,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     table = markdown_table(cells, "Baselines vs learned solvers", notes)
     atomic_write_text(args.out / "bench.md", table)
     plot_fd(cells, args.out / "fd_vs_nfe.png", f"{model.name}: FD vs NFE")
-    print(table)
-    return 0
+    return emit(args, [asdict(c) for c in cells], table)
 
 
 def _cmd_bench_report(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from s4s.bench.model import load_cells, markdown_table, plot_fd, save_cells
 
     cells = load_cells(args.results)
@@ -178,8 +188,7 @@ def _cmd_bench_report(args: argparse.Namespace) -> int:
     atomic_write_text(args.out / "bench.md", table)
     save_cells(cells, args.out / "results.json")
     plot_fd(cells, args.out / "fd_vs_nfe.png", args.title)
-    print(table)
-    return 0
+    return emit(args, [asdict(c) for c in cells], table)
 
 
 DEMO_BASELINES = ["ddim", "dpmpp_3m", "unipc_bh1", "unipc_bh2", "ipndm", "deis"]
@@ -188,21 +197,24 @@ DEMO_BASELINES = ["ddim", "dpmpp_3m", "unipc_bh1", "unipc_bh2", "ipndm", "deis"]
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from s4s.bench.model import markdown_table, peak_memory_mb, run_model_bench
+    from dataclasses import asdict
+
+    from s4s.bench.model import feature_space_of, markdown_table, peak_memory_mb, run_model_bench
     from s4s.models import load_model
 
     t0 = time.time()
     model = load_model(None)
     cells = run_model_bench(model, args.nfe, DEMO_BASELINES, ["time"], [args.method], args.num_samples, args.out,
-                            preset="fast", cache_dir=default_cache_dir() / "teacher")
-    notes = [f"Bundled MNIST UNet, unconditional (null label). FD in MNIST classifier features, {args.num_samples} "
+                            preset="fast", cache_dir=default_cache_dir())
+    notes = [f"Bundled MNIST UNet, unconditional (null label). FD in {feature_space_of(cells)}, {args.num_samples} "
              "samples per cell (a quick demo: `s4s bench` for the 10k-sample table); baselines on the time-uniform grid "
              f"(the best grid for this model's validation loss). {args.method} learned with the 'fast' preset and the "
              "default loss (perceptual: an MNIST network independent of the FD classifier). Sample grids "
              "side by side: " + ", ".join(str(args.out / f"samples_nfe{n}.png") for n in args.nfe)]
-    print(markdown_table(cells, f"s4s demo: {args.method} vs hand-designed solvers", notes))
-    print(f"total time {time.time() - t0:.0f} s, peak memory {peak_memory_mb():.0f} MB")
-    return 0
+    text = (markdown_table(cells, f"s4s demo: {args.method} vs hand-designed solvers", notes)
+            + f"total time {time.time() - t0:.0f} s, peak memory {peak_memory_mb():.0f} MB")
+    return emit(args, {"cells": [asdict(c) for c in cells], "seconds": time.time() - t0,
+                       "peak_memory_mb": peak_memory_mb()}, text)
 
 
 def resolve_device(name: str) -> str:
@@ -224,11 +236,6 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def default_cache_dir() -> Path:
-    """Where teacher samples are cached: ``$S4S_CACHE`` or ``~/.cache/s4s``."""
-    return Path(os.environ.get("S4S_CACHE", Path.home() / ".cache" / "s4s"))
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     from s4s.eval.features import feature_network_for
     from s4s.eval.runner import evaluate, resolve_sampler
@@ -245,29 +252,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.save_images.exists() and not args.force:
             raise ValueError(f"--save-images {args.save_images} exists; pass --force to overwrite it")
         check_writable(args.save_images, "--save-images")
-    model = load_model(args.model, device=resolve_device(args.device))
+    model = load_model(args.model, device=resolve_device(args.device), data=args.data)
     sampler = resolve_sampler(args.solver, model, args.nfe, args.grid)
     guidance = resolve_guidance(args.guidance, sampler)
     feature_net = None
     if "fd" in metrics:
-        feature_net = feature_network_for(model.image_shape, args.inception_weights, args.reference_stats, model.device)
+        feature_net = feature_network_for(model.image_shape, model.data, args.inception_weights, args.reference_stats,
+                                          model.device)
     result = evaluate(model, sampler, num_samples=args.num_samples, seed=args.seed, guidance=guidance,
                       metrics=metrics, teacher=args.teacher, batch_size=args.batch_size, feature_net=feature_net,
-                      cache_dir=None if args.no_cache else default_cache_dir() / "teacher",
+                      cache_dir=None if args.no_cache else default_cache_dir(),
                       save_images=args.save_images, solver_label=args.solver)
-    result["grid"] = None if args.solver.endswith(".json") else args.grid
-    if args.json:
-        print(json_text(result))
-    else:
-        fd = "-" if result["fd"] is None else f"{result['fd']:.4f} ({result['feature_space']})"
-        rmse = "-" if result["teacher_rmse"] is None else f"{result['teacher_rmse']:.4f} (vs {result['teacher']})"
-        print(f"solver {result['solver']}  NFE {result['nfe']}  samples {result['num_samples']}  seed {result['seed']}")
-        print(f"  FD:           {fd}")
-        print(f"  teacher RMSE: {rmse}")
-        if result["accuracy"] is not None:
-            print(f"  accuracy:     {result['accuracy']:.4f}")
-        print(f"  time:         {result['seconds']:.1f} s (sampling {result['sample_seconds']:.1f} s)")
-    return 0
+    from s4s.solver import names_solver_file
+
+    result["grid"] = None if names_solver_file(args.solver) else args.grid
+    fd = "-" if result["fd"] is None else f"{result['fd']:.4f} ({result['feature_space']})"
+    rmse = "-" if result["teacher_rmse"] is None else f"{result['teacher_rmse']:.4f} (vs {result['teacher']})"
+    lines = [f"solver {result['solver']}  NFE {result['nfe']}  samples {result['num_samples']}  seed {result['seed']}",
+             f"  FD:           {fd}", f"  teacher RMSE: {rmse}"]
+    if result["accuracy"] is not None:
+        lines.append(f"  accuracy:     {result['accuracy']:.4f}")
+    lines.append(f"  time:         {result['seconds']:.1f} s (sampling {result['sample_seconds']:.1f} s)")
+    return emit(args, result, "\n".join(lines))
 
 
 def resolve_guidance(arg: Any, sampler: Any) -> Optional[float]:
@@ -282,97 +288,139 @@ def resolve_guidance(arg: Any, sampler: Any) -> Optional[float]:
     return recorded
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (unset flags, store_true)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _add_device_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="where the model runs: auto (a GPU if PyTorch sees one), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="where the model runs: auto (a GPU if PyTorch sees one), cpu, cuda, "
+                                                    "cuda:1, ...")
+
+
+def _add_data_option(p: argparse.ArgumentParser) -> None:
+    from s4s.bundled import DATA_SETS
+
+    p.add_argument("--data", choices=sorted(DATA_SETS), default=None,
+                   help="the data set the model was trained on, when s4s ships networks for it (picks the FD classifier "
+                        "and the perceptual loss); default: what the model folder declares, else none")
+
+
+def _add_json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout")
+
+
+def _preset_help(text: str, field: str) -> str:
+    """``text`` with the value of ``field`` in each learning preset."""
+    from s4s.learning.config import PRESETS
+
+    values = ", ".join(f"{name} {getattr(cfg, field)}" for name, cfg in PRESETS.items())
+    return f"{text} (default: the preset's: {values})"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="s4s", description="Learned few-step solvers for diffusion models.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    from s4s.learn.objectives import LOSSES
-    from s4s.learn.trainer import LR_DECAYS, METHODS
+    from s4s import __version__
+    from s4s.learning.config import LR_DECAYS, METHODS, PRESETS, default_lr
+    from s4s.learning.objectives import LOSSES
 
-    p = sub.add_parser("demo", help="the main job: learn S4S-Alt (PC form) at NFE 4 and 5 on the bundled model, "
-                                    "compare with the hand-designed solvers")
+    parser = argparse.ArgumentParser(prog="s4s", description="Learned few-step solvers for diffusion models.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"s4s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+    p = command("demo", "the main job: learn a solver at NFE 4 and 5 on the bundled model and compare it with the "
+                        "hand-designed solvers (results: docs/demo)")
     p.add_argument("--nfe", type=int, nargs="+", default=[4, 5])
-    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--num-samples", type=int, default=1000, help="samples per table cell")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--method", choices=METHODS, default="s4s-alt-pc",
-                   help="learning method (default s4s-alt-pc, as `s4s learn`; with the fast preset it scored "
-                        "FD 83.85 / 54.77 at NFE 4 / 5 against 75.04 / 77.88 for s4s-alt, docs/demo)")
+    p.add_argument("--method", choices=METHODS, default=PRESETS["fast"].method, help="learning method")
+    _add_json_option(p)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("learn", help="learn a solver (S4S / S4S-Alt) for a model and an NFE budget")
-    p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: bundled MNIST UNet)")
-    p.add_argument("--nfe", type=int, required=True)
-    p.add_argument("--method", choices=METHODS, default="s4s-alt-pc",
-                   help="default s4s-alt-pc: on the stage-2 bundled model it beat s4s-alt at NFE 4 (FD 31.28 vs "
-                        "42.88) and NFE 5 (29.23 vs 33.04); on the current one the two are level at NFE 5 (19.70 vs "
-                        "18.86), docs/bench_mnist")
-    p.add_argument("--base", default=None, help="base solver (default auto: best on validation of dpmpp_3m / unip_bh1 / unip_bh2, or of dpmpp_3m / unipc_bh1 / unipc_bh2 for the -pc methods)")
-    p.add_argument("--grid", default=None, help="initial grid (default auto: best on validation)")
-    p.add_argument("--teacher", default=None,
-                   help="NAME:NFE (a baseline) or rk45:TOL (adaptive Dormand-Prince to a tolerance); default from the preset")
-    p.add_argument("--loss", default="auto", choices=["auto", *LOSSES],
-                   help="auto (default): perceptual for 1x28x28 pixel models (the bundled independent MNIST network), "
-                        "else l2")
-    p.add_argument("--samples", dest="num_samples", type=int, default=None,
-                   help="teacher samples, >= 2 (25%% validation)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p = command("learn", "learn a solver (S4S / S4S-Alt) for a model and an NFE budget")
+    p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: the bundled MNIST UNet)")
+    p.add_argument("--nfe", type=int, required=True, help="model calls of the solver to learn")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="learning recipe; every flag below replaces one of its settings (s4s.learning.config)")
+    p.add_argument("--method", choices=METHODS, default=None, help=_preset_help("learning method", "method"))
+    p.add_argument("--base", default=None, help="base solver, or auto: the best on validation of the candidates "
+                                                "(docs/design.md §5.5)")
+    p.add_argument("--grid", default=None, help="initial grid, or auto: the best on validation")
+    p.add_argument("--teacher", default=None, help=_preset_help("NAME:NFE (a baseline) or rk45:TOL (adaptive "
+                                                                "Dormand-Prince to a tolerance)", "teacher"))
+    p.add_argument("--teacher-samples", type=int, default=None,
+                   help=_preset_help("teacher noises, >= 2, learning and validation together", "num_samples"))
+    p.add_argument("--loss", default=None, choices=["auto", *LOSSES],
+                   help=_preset_help("distance to the teacher; auto: perceptual where the model declares a data set "
+                                     "s4s ships a perceptual network for, else l2", "loss"))
+    p.add_argument("--steps", type=int, default=None, help=_preset_help("optimiser steps", "steps"))
+    p.add_argument("--batch-size", type=int, default=None, help=_preset_help("teacher samples per step", "batch_size"))
     p.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate of the coefficients (default 1e-2 up to NFE 6, 2e-3 above: measured, "
-                        "see s4s.learn.trainer.default_lr)")
-    p.add_argument("--lr-decay", choices=LR_DECAYS, default=None,
-                   help="learning-rate decay after warm-up (default from the preset)")
+                   help=f"Adam learning rate of the coefficients (default: {default_lr(1):g} up to NFE 6, "
+                        f"{default_lr(7):g} above; docs/ablations_mnist.md)")
+    p.add_argument("--lr-decay", choices=LR_DECAYS, default=None, help=_preset_help("learning-rate decay after warm-up",
+                                                                                    "lr_decay"))
     p.add_argument("--ball-radius", type=float, default=None,
-                   help="relaxed objective radius r (x sigma_T, RMS per element); 0 = plain, the default (0.1 cost "
-                        "FD 55.17 vs 19.70 at NFE 5 on the bundled model, docs/bench_mnist)")
+                   help=_preset_help("relaxed objective radius r (x sigma_T, RMS per element); 0 = plain", "ball_radius"))
     p.add_argument("--learn-a", action=argparse.BooleanOptionalAction, default=None,
-                   help="also learn the state weights a (default from the preset: on; --no-learn-a is the paper's form)")
+                   help=_preset_help("also learn the state weights a (--no-learn-a: the paper's form)", "learn_a"))
     p.add_argument("--guidance", type=guidance_arg, default=None,
                    help="classifier-free guidance scale to learn for (class-conditional models)")
-    p.add_argument("--decode-loss", action="store_true", help="latent pipelines: decode before the loss (default: latent loss)")
-    p.add_argument("--preset", choices=["default", "fast"], default="default")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decode-loss", action="store_true", help="latent pipelines: measure the loss on decoded images "
+                                                              "(default: on latents)")
+    p.add_argument("--seed", type=int, default=None, help=_preset_help("seed of the teacher noise and of the batches",
+                                                                       "seed"))
     p.add_argument("--out", type=Path, required=True, help="solver JSON to write")
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: OUT-run/ beside the solver)")
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder from its checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite --out")
-    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--no-cache", action="store_true", help="do not cache teacher samples (default: $S4S_CACHE/teacher)")
+    _add_data_option(p)
     _add_device_option(p)
+    _add_json_option(p)
     p.set_defaults(func=_cmd_learn)
 
     from s4s.baselines import BASELINES
 
-    p = sub.add_parser("bench", help="every baseline and learned method over NFE on a model: table, JSON, plot")
-    p.add_argument("--model", default=None)
+    p = command("bench", "every baseline and learned method over NFE on a model: table, JSON, plot")
+    p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: the bundled MNIST UNet)")
     p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10])
     p.add_argument("--baselines", nargs="*", default=sorted(BASELINES), help="none: learned methods only")
-    p.add_argument("--grids", nargs="+", default=["time", "logsnr"])
+    p.add_argument("--grids", nargs="+", default=["time", "logsnr"], help="grids each baseline is tried on")
     p.add_argument("--methods", nargs="*", default=["s4s", "s4s-alt", "s4s-alt-pc"], help="none: baselines only")
-    p.add_argument("--num-samples", type=int, default=10000)
+    p.add_argument("--num-samples", type=int, default=10000, help="samples per cell")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=guidance_arg, default=None)
-    p.add_argument("--preset", choices=["default", "fast"], default="default")
+    p.add_argument("--guidance", type=guidance_arg, default=None, help="classifier-free guidance scale")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="learning recipe of the learned cells")
     p.add_argument("--teacher-rmse", action="store_true", help="also measure RMSE to the teacher (costly)")
-    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--no-cache", action="store_true", help="do not cache teacher samples")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for results.json, bench.md, plots")
     p.add_argument("--merge", action="store_true", help="add to the cells of an existing results.json in --out "
                                                         "(a cell of the same method and NFE is replaced)")
     p.add_argument("--force", action="store_true", help="overwrite an existing results.json in --out")
+    _add_data_option(p)
     _add_device_option(p)
+    _add_json_option(p)
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("bench-report", help="merge results.json files of `s4s bench` runs into one table and plot")
-    p.add_argument("results", type=Path, nargs="+", help="`s4s bench` results.json files and `s4s eval --json` outputs (later ones win on the same method and NFE)")
+    p = command("bench-report", "merge results.json files of `s4s bench` runs into one table and plot")
+    p.add_argument("results", type=Path, nargs="+", help="`s4s bench` results.json files and `s4s eval --json` outputs "
+                                                         "(later ones win on the same method and NFE)")
     p.add_argument("--out", type=Path, required=True, help="folder for bench.md, results.json, fd_vs_nfe.png")
     p.add_argument("--title", default="Baselines vs learned solvers")
     p.add_argument("--note", action="append", default=[], help="a line of notes under the title (repeatable)")
+    _add_json_option(p)
     p.set_defaults(func=_cmd_bench_report)
 
-    p = sub.add_parser("eval", help="sample a model with a solver and measure FD / distance to a teacher")
+    p = command("eval", "sample a model with a solver and measure FD / distance to a teacher")
     p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: the bundled MNIST UNet)")
     p.add_argument("--solver", default="dpmpp_3m", help="baseline name or a solver .json file")
     p.add_argument("--nfe", type=int, default=None, help="model calls (needed with a baseline name)")
@@ -383,22 +431,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (class-balanced labels); default: the scale a learned solver "
                         "records, else unguided; 'none': unguided")
     p.add_argument("--metrics", default="fd", help="comma list of: fd, teacher")
-    p.add_argument("--teacher", default="unipc_bh2:100", help="NAME:NFE or rk45:TOL, the reference solver for --metrics teacher")
+    p.add_argument("--teacher", default="unipc_bh2:100", help="NAME:NFE or rk45:TOL, the reference solver for "
+                                                              "--metrics teacher")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights for RGB FID")
     p.add_argument("--reference-stats", type=Path, default=None, help="npz (mean, cov, count) of real-data features")
     p.add_argument("--no-cache", action="store_true", help="do not cache teacher samples")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--save-images", type=Path, default=None, help="write the first 100 samples as a PNG grid")
     p.add_argument("--force", action="store_true", help="overwrite an existing --save-images file")
+    _add_data_option(p)
     _add_device_option(p)
+    _add_json_option(p)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("bench-baselines", help="every baseline x NFE x grid on the exact Gaussian mixture")
+    p = command("bench-baselines", "every baseline x NFE x grid on the exact Gaussian mixture")
     p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10])
-    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--num-samples", type=int, default=256, help="noises per cell")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the Markdown table here (and a .png plot beside it)")
+    _add_json_option(p)
     p.set_defaults(func=_cmd_bench_baselines)
     return parser
 

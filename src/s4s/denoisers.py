@@ -26,7 +26,7 @@ from s4s.diffusers_config import read_scheduler_config, spec_for_schedule
 from s4s.prediction import PREDICTION_TYPES, check_prediction_type, to_denoised
 from s4s.schedules import EDM, Flow, Schedule
 
-__all__ = ["Denoiser", "fingerprint_module"]
+__all__ = ["Denoiser", "fingerprint_module", "fingerprint_of", "clip_of", "device_of"]
 
 ModelFn = Callable[[Tensor, Tensor, Any], Tensor]
 
@@ -45,6 +45,23 @@ def module_device(module: Optional[torch.nn.Module]) -> Optional[torch.device]:
     """The device of a module's first parameter (None without a module or parameters)."""
     param = None if module is None else next(module.parameters(), None)
     return None if param is None else param.device
+
+
+def fingerprint_of(denoiser: Callable[..., Tensor]) -> Optional[str]:
+    """The weights' fingerprint of a :class:`Denoiser` (None for a plain callable, which has no identity)."""
+    return denoiser.fingerprint if isinstance(denoiser, Denoiser) else None
+
+
+def clip_of(denoiser: Callable[..., Tensor]) -> Optional[list[float]]:
+    """The clamp a :class:`Denoiser` applies to D (same weights, other clamp: other samples); None for a plain
+    callable."""
+    clip = denoiser.clip_range if isinstance(denoiser, Denoiser) else None
+    return None if clip is None else [float(c) for c in clip]
+
+
+def device_of(denoiser: Callable[..., Tensor]) -> Optional[torch.device]:
+    """Where a :class:`Denoiser`'s network runs (None for a plain callable or a module-less denoiser)."""
+    return denoiser.device if isinstance(denoiser, Denoiser) else None
 
 
 def _bcast(v: Tensor, x: Tensor) -> Tensor:

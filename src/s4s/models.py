@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from s4s.bundled import data_set
 from s4s.checks import first_line
 from s4s.denoisers import Denoiser, module_device
 from s4s.diffusers_config import read_scheduler_config
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["LoadedModel", "load_model", "bundled_model_path", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "mnist-unet"
+DATA_KEY = "_s4s_data"  # model_index.json: the data set the pipeline's model was trained on (diffusers ignores "_" keys)
 
 
 def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
@@ -59,6 +61,7 @@ class LoadedModel:
     module: Optional[torch.nn.Module] = field(default=None, repr=False)
     decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = field(default=None, repr=False)
     image_shape: tuple[int, ...] = ()
+    data: Optional[str] = None    # the declared data set (s4s.bundled.DATA_SETS), which picks feature networks
 
     def __post_init__(self) -> None:
         if not self.image_shape:
@@ -94,10 +97,6 @@ class LoadedModel:
     def fingerprint(self) -> Optional[str]:
         return self.denoiser.fingerprint
 
-    @property
-    def is_mnist_like(self) -> bool:
-        """Decoded samples are 1x28x28 images (the bundled classifier's input)."""
-        return tuple(self.image_shape) == (1, 28, 28)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -134,8 +133,11 @@ def _scheduler_config(folder: Path) -> dict[str, Any]:
 
 
 def load_model(path: Optional[str | Path] = None, device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32, clip_denoised: Optional[bool] = None) -> LoadedModel:
-    """Load a model for sampling (see module doc). ``clip_denoised`` clamps D to the data range
+               dtype: torch.dtype = torch.float32, clip_denoised: Optional[bool] = None,
+               data: Optional[str] = None) -> LoadedModel:
+    """Load a model for sampling (see module doc). ``data`` names the data set the model was trained on
+    when it is one s4s ships networks for (:data:`s4s.bundled.DATA_SETS`); by default the pipeline
+    folder's declaration (``"_s4s_data"`` in ``model_index.json``), else none. ``clip_denoised`` clamps D to the data range
     ``[-r, r]`` (the true posterior mean of data in that range lies there); default (``None``): as the
     folder's scheduler config says (``clip_sample``, ``clip_sample_range``; the bundled model's is on,
     r = 1), so a folder samples the same whether it is named by path or is the default; ``True``
@@ -152,6 +154,9 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
             raise ValueError(f"{folder}: pipeline has no 'unet' component (transformer pipelines: use the Python API, "
                              "Denoiser.from_diffusers / from_flow with your module)")
         decode = _load_decoder(folder, index, device, dtype)
+        declared = index.get(DATA_KEY)
+        if data is None and declared is not None:
+            data = str(declared)
         pipeline_name = folder.name
         folder = folder / "unet"
     if not (folder / "config.json").is_file():
@@ -166,7 +171,9 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
                          "cond={'encoder_hidden_states': emb} (README, Integrations)")
     n_embeds = config.get("num_class_embeds") or 0
     num_classes = max(n_embeds - 1, 0)
-    sample_size = config.get("sample_size", 28)
+    sample_size = config.get("sample_size")
+    if not sample_size:
+        raise ValueError(f"{folder}/config.json has no sample_size: the sample shape is unknown")
     hw = tuple(sample_size) if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
     clip = spec.clip_range
     if clip_denoised is not None:
@@ -180,7 +187,8 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
     if decode is not None:
         with torch.no_grad():
             image_shape = tuple(decode(torch.zeros((1,) + shape, device=device, dtype=dtype)).shape[1:])
-    return LoadedModel(denoiser, schedule, shape, num_classes, name, folder, unet, decode, image_shape)
+    data_set(data, image_shape, name)  # an unknown data set, or one whose networks do not fit: refused here
+    return LoadedModel(denoiser, schedule, shape, num_classes, name, folder, unet, decode, image_shape, data)
 
 
 def _load_decoder(folder: Path, index: dict[str, Any], device: torch.device | str,

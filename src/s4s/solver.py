@@ -36,7 +36,7 @@ from s4s.grids import validate_grid
 from s4s.io import atomic_write_text
 from s4s.schedules import Schedule, schedule_from_config
 
-__all__ = ["Tables", "Solver", "SolverFileError", "NonFiniteError", "Recurrence", "integrate", "weighted_sum", "FORMAT",
+__all__ = ["Tables", "Solver", "SolverFileError", "names_solver_file", "NonFiniteError", "Recurrence", "integrate", "weighted_sum", "FORMAT",
            "FORMAT_VERSION", "MAX_COEFFICIENT"]
 
 FORMAT = "s4s.solver"
@@ -44,6 +44,12 @@ FORMAT_VERSION = 1
 MAX_COEFFICIENT = 1e6  # no sane solver weighs a state or model output by more; larger is corruption or divergence
 
 ModelCall = Callable[[Tensor, Tensor], Tensor]
+
+
+def names_solver_file(spec: str | Path) -> bool:
+    """Whether a solver argument (``--solver``, a bench cell's solver) names a solver file rather than a
+    baseline: it ends in ``.json`` or is an existing file."""
+    return str(spec).endswith(".json") or Path(spec).is_file()
 
 
 class SolverFileError(ValueError):

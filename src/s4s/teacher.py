@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,18 +29,25 @@ from tqdm.auto import tqdm
 from s4s.adaptive import rk45_sample
 from s4s.baselines import baseline
 from s4s.checks import NonFiniteError
+from s4s.denoisers import clip_of, fingerprint_of
 from s4s.io import atomic_write, atomic_write_text, check_writable_dir
 from s4s.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TeacherData", "make_teacher_data", "clip_of", "parse_teacher", "teacher_sampler", "sample_noise",
-           "DEFAULT_TEACHER"]
+__all__ = ["TeacherData", "make_teacher_data", "parse_teacher", "teacher_sampler", "sample_noise", "DEFAULT_TEACHER",
+           "default_cache_dir"]
 
 DEFAULT_TEACHER = "unipc_bh2:50"
 
 
 RK45_DEFAULT_TOL = 1e-4
+
+
+def default_cache_dir() -> Path:
+    """Where teacher samples are cached by default, by the Python API and the CLI alike:
+    ``$S4S_CACHE/teacher``, or ``~/.cache/s4s/teacher``."""
+    return Path(os.environ.get("S4S_CACHE", Path.home() / ".cache" / "s4s")) / "teacher"
 
 
 def parse_teacher(spec: str) -> tuple[str, float]:
@@ -101,12 +109,6 @@ class TeacherData:
         return part(slice(0, num_train)), part(slice(num_train, None))
 
 
-def clip_of(denoiser: Callable[..., Tensor]) -> Optional[list[float]]:
-    """The clamp a :class:`~s4s.denoisers.Denoiser` applies to D (same weights, other clamp: other teacher)."""
-    clip = getattr(denoiser, "clip_range", None)
-    return None if clip is None else [float(c) for c in clip]
-
-
 def _key(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -138,12 +140,17 @@ def _read_batch(path: Path, key: str, start: int, shape: tuple[int, ...]) -> Opt
     return None
 
 
-def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tuple[int, ...], num_samples: int,
+def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tuple[int, ...], *, num_samples: int,
                       teacher: str = DEFAULT_TEACHER, seed: int = 0, labels: Optional[Tensor] = None,
                       guidance: Optional[float] = None, batch_size: int = 256, cache_dir: Optional[Path] = None,
                       fingerprint: Optional[str] = None, grid: str = "logsnr", progress: bool = True,
                       device: torch.device | str = "cpu") -> TeacherData:
-    """Run the teacher on ``num_samples`` seeded noises (batched, cached and resumable when ``cache_dir``)."""
+    """Run the teacher on ``num_samples`` seeded noises (batched, cached and resumable when ``cache_dir``).
+
+    The cache key holds the model's ``fingerprint`` (by default the :class:`~s4s.Denoiser`'s own); a
+    plain callable has none, so its samples are computed without the cache (said in the log).
+    """
+    fingerprint = fingerprint if fingerprint is not None else fingerprint_of(denoiser)
     sampler = teacher_sampler(teacher, schedule, grid)
     x_T = sample_noise(schedule, num_samples, shape, seed)
     if labels is not None and labels.shape[0] != num_samples:
@@ -153,9 +160,11 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
             "labels": None if labels is None else hashlib.sha256(labels.numpy().tobytes()).hexdigest()[:16],
             "batch_size": batch_size, "clip": clip_of(denoiser)}
     folder = None
+    if cache_dir is not None and fingerprint is None:
+        log.info("teacher samples not cached: the denoiser has no fingerprint (s4s.Denoiser(..., fingerprint=...) "
+                 "names the weights)")
+        cache_dir = None
     if cache_dir is not None:
-        if fingerprint is None:
-            raise ValueError("caching teacher data needs the model's fingerprint")
         key = _key(meta)
         folder = check_writable_dir(Path(cache_dir) / key, "teacher cache folder")
         meta_path = folder / "meta.json"

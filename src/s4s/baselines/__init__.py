@@ -22,7 +22,7 @@ from s4s.schedules import Schedule
 from s4s.solver import Solver, Tables
 
 __all__ = [
-    "BASELINES", "baseline", "GridPoints", "HeunSampler", "step_orders", "build_tables",
+    "BASELINES", "HEUN", "baseline", "nfe_supported", "GridPoints", "HeunSampler", "step_orders", "build_tables",
     "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_multistep", "unipc", "unipc_bh1", "unipc_bh2", "unip_bh1", "unip_bh2",
     "deis", "ipndm",
 ]
@@ -39,6 +39,12 @@ BASELINES: dict[str, Callable[..., Tables]] = {
     "ipndm": ipndm,
 }
 HEUN = "heun"
+
+
+def nfe_supported(name: str, nfe: int) -> bool:
+    """Whether the named baseline exists at ``nfe`` calls: every table solver at any NFE >= 1, Heun (two
+    calls a step, one in the last) only at odd NFE."""
+    return nfe >= 1 and (name != HEUN or nfe % 2 == 1)
 
 
 def build_tables(name: str, pts: GridPoints, **options: Any) -> Tables:

@@ -16,7 +16,7 @@ which is why those rows need past-state coefficients ``a[i, j]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -77,6 +77,16 @@ def add_eps_step(tables: Tables, pts: GridPoints, i: int, coefs: Sequence[Tensor
         b[i, j] = b[i, j] - alpha[i + 1] * c * alpha[j] / sigma[j]
 
 
-def resolve_lower_order_final(value: Optional[bool], n: int) -> bool:
-    """diffusers' rule for DPM-Solver / DEIS: lower the final orders when fewer than 15 steps."""
-    return n < 15 if value is None else bool(value)
+# Whether the last steps lower their order when the caller does not say (diffusers' defaults, one table):
+# DPM-Solver++ and DEIS when fewer than 15 steps, UniPC always, iPNDM (no diffusers scheduler) never.
+LOWER_ORDER_FINAL_DEFAULTS: dict[str, Callable[[int], bool]] = {
+    "dpm_solver": lambda n: n < 15,
+    "deis": lambda n: n < 15,
+    "unipc": lambda n: True,
+    "ipndm": lambda n: False,
+}
+
+
+def resolve_lower_order_final(value: Optional[bool], n: int, method: str) -> bool:
+    """``value``, or for ``None`` the default of ``method`` at ``n`` steps (:data:`LOWER_ORDER_FINAL_DEFAULTS`)."""
+    return LOWER_ORDER_FINAL_DEFAULTS[method](n) if value is None else bool(value)

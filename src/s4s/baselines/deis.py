@@ -47,7 +47,7 @@ def deis(pts: GridPoints, order: int = 3, lower_order_final: Optional[bool] = No
     n = pts.n
     tables = empty_tables(n, pts.lam)
     u = -pts.lam  # log(sigma/alpha)
-    for i, p in enumerate(step_orders(n, order, resolve_lower_order_final(lower_order_final, n))):
+    for i, p in enumerate(step_orders(n, order, resolve_lower_order_final(lower_order_final, n, "deis"))):
         nodes = [u[i - k] for k in range(p)]
         coefs = []
         for k in range(p):

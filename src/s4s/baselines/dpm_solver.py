@@ -33,7 +33,7 @@ def dpmpp_multistep(pts: GridPoints, order: int = 3, lower_order_final: Optional
     tables = empty_tables(n, pts.lam)
     a, b = tables.a, tables.b
     lam, alpha, sigma = pts.lam, pts.alpha, pts.sigma
-    for i, p in enumerate(step_orders(n, order, resolve_lower_order_final(lower_order_final, n))):
+    for i, p in enumerate(step_orders(n, order, resolve_lower_order_final(lower_order_final, n, "dpm_solver"))):
         h = lam[i + 1] - lam[i]
         phi = torch.expm1(-h)
         a[i, i] = sigma[i + 1] / sigma[i]

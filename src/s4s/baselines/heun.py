@@ -50,5 +50,10 @@ class HeunSampler:
             y = y_next
         return y * alpha[-1].to(y.dtype)
 
+    def save(self, path: Any) -> None:
+        """Refused: Heun makes two calls a step, which the one-call table form cannot hold."""
+        raise TypeError("Heun is a reference sampler (two model calls a step), not a table solver: it has no solver "
+                        "file; build it again with s4s.baseline('heun', schedule, nfe)")
+
     def __repr__(self) -> str:
         return f"HeunSampler(nfe={self.nfe})"

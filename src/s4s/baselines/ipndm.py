@@ -9,7 +9,9 @@ and warm-up order ``p = min(order, i + 1)``.
 
 from __future__ import annotations
 
-from s4s.baselines.common import GridPoints, add_eps_step, empty_tables, step_orders
+from typing import Optional
+
+from s4s.baselines.common import GridPoints, add_eps_step, empty_tables, resolve_lower_order_final, step_orders
 from s4s.solver import Tables
 
 __all__ = ["ipndm", "AB_WEIGHTS"]
@@ -22,14 +24,14 @@ AB_WEIGHTS = {
 }
 
 
-def ipndm(pts: GridPoints, order: int = 4, lower_order_final: bool = False) -> Tables:
+def ipndm(pts: GridPoints, order: int = 4, lower_order_final: Optional[bool] = None) -> Tables:
     """iPNDM of order 1-4."""
     if order not in AB_WEIGHTS:
         raise ValueError(f"iPNDM supports orders 1-4, got {order}")
     n = pts.n
     tables = empty_tables(n, pts.lam)
     rho = (pts.sigma / pts.alpha)
-    for i, p in enumerate(step_orders(n, order, lower_order_final)):
+    for i, p in enumerate(step_orders(n, order, resolve_lower_order_final(lower_order_final, n, "ipndm"))):
         step = rho[i + 1] - rho[i]
         add_eps_step(tables, pts, i, [step * w for w in AB_WEIGHTS[p]])
     return tables

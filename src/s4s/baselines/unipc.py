@@ -23,10 +23,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from s4s.baselines.common import GridPoints, empty_tables, step_orders
+from s4s.baselines.common import GridPoints, empty_tables, resolve_lower_order_final, step_orders
 from s4s.solver import Tables
 
-__all__ = ["unipc", "unipc_bh1", "unipc_bh2"]
+__all__ = ["unipc", "unipc_bh1", "unipc_bh2", "unip_bh1", "unip_bh2"]
 
 
 def _unipc_terms(lam: Tensor, i: int, p: int, variant: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -46,6 +46,15 @@ def _unipc_terms(lam: Tensor, i: int, p: int, variant: str) -> tuple[Tensor, Ten
     return phi_1, b_h, r, torch.stack(rows), torch.stack(g)
 
 
+def _add_differences(row: Tensor, i: int, p: int, scale: Tensor, rho: Tensor, r: Tensor) -> None:
+    """Add ``scale * sum_k rho_k (D_i - D_{i-k}) / r_k`` (``k = 1 .. p-1``) to the ``D`` weights ``row`` in place:
+    the divided-difference terms shared by UniPC's predictor and corrector."""
+    for k in range(1, p):
+        w = scale * rho[k - 1] / r[k - 1]
+        row[i - k] = row[i - k] - w
+        row[i] = row[i] + w
+
+
 def unipc(pts: GridPoints, order: int = 3, variant: str = "bh2", corrector: bool = True,
           lower_order_final: Optional[bool] = None) -> Tables:
     """UniPC-p (``variant`` ``bh1`` or ``bh2``); ``lower_order_final`` defaults to True as in diffusers."""
@@ -54,7 +63,7 @@ def unipc(pts: GridPoints, order: int = 3, variant: str = "bh2", corrector: bool
     n = pts.n
     tables = empty_tables(n, pts.lam, corrector=corrector and n > 1)
     lam, alpha, sigma = pts.lam, pts.alpha, pts.sigma
-    orders = step_orders(n, order, True if lower_order_final is None else lower_order_final)
+    orders = step_orders(n, order, resolve_lower_order_final(lower_order_final, n, "unipc"))
     for i, p in enumerate(orders):
         phi_1, b_h, r, mat, g = _unipc_terms(lam, i, p, variant)
         scale = alpha[i + 1] * b_h
@@ -63,19 +72,13 @@ def unipc(pts: GridPoints, order: int = 3, variant: str = "bh2", corrector: bool
         tables.b[i, i] = -alpha[i + 1] * phi_1
         if p >= 2:
             rho = torch.full((1,), 0.5, dtype=lam.dtype) if p == 2 else torch.linalg.solve(mat[:-1, :-1], g[:-1])
-            for k in range(1, p):
-                w = scale * rho[k - 1] / r[k - 1]
-                tables.b[i, i - k] = tables.b[i, i - k] - w
-                tables.b[i, i] = tables.b[i, i] + w
+            _add_differences(tables.b[i], i, p, scale, rho, r)
         # corrector of x_{i+1} with D_{i+1}
         if tables.ac is not None and i < n - 1:
             rho_c = torch.full((1,), 0.5, dtype=lam.dtype) if p == 1 else torch.linalg.solve(mat, g)
             tables.ac[i, i] = sigma[i + 1] / sigma[i]
             tables.bc[i, i] = -alpha[i + 1] * phi_1
-            for k in range(1, p):
-                w = scale * rho_c[k - 1] / r[k - 1]
-                tables.bc[i, i - k] = tables.bc[i, i - k] - w
-                tables.bc[i, i] = tables.bc[i, i] + w
+            _add_differences(tables.bc[i], i, p, scale, rho_c, r)
             tables.bc[i, i + 1] = tables.bc[i, i + 1] - scale * rho_c[-1]
             tables.bc[i, i] = tables.bc[i, i] + scale * rho_c[-1]
     return tables

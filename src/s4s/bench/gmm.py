@@ -16,7 +16,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from s4s.baselines import BASELINES, HEUN, baseline
+from s4s.baselines import BASELINES, HEUN, baseline, nfe_supported
 from s4s.grids import GRIDS
 from s4s.plotting import line_plot
 from s4s.schedules import Schedule, VPDiscrete
@@ -50,7 +50,7 @@ def baseline_errors(model: GaussianMixture, schedule: Schedule, nfes: Sequence[i
     ref = model.ode_solution(x, schedule, schedule.t_max, schedule.t_min)
     log.info("reference ODE solution for %d samples in %.1f s", num_samples, time.time() - t0)
     den = model.denoiser(schedule)
-    combos = [(s, g, n) for s in solvers for g in grids for n in nfes if not (s == HEUN and n % 2 == 0)]
+    combos = [(s, g, n) for s in solvers for g in grids for n in nfes if nfe_supported(s, n)]
     rows = []
     for name, grid, nfe in tqdm(combos, desc="baselines", disable=not progress):
         solver = baseline(name, schedule, nfe, grid=grid)

@@ -17,15 +17,15 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from s4s.baselines import baseline
+from s4s.baselines import baseline, nfe_supported
 from s4s.eval.features import feature_network_for
 from s4s.eval.frechet import FeatureStats, frechet_distance
 from s4s.eval.images import save_labelled_rows
 from s4s.eval.runner import batched, evaluate, generate, sampling_labels
 from s4s.io import atomic_write_text
-from s4s.learn.api import LEARN_SEED_OFFSET, learn_with_result
-from s4s.learn.model_losses import resolve_loss
-from s4s.learn.presets import PRESETS
+from s4s.learning.api import LEARN_SEED_OFFSET, learn
+from s4s.learning.config import preset_config
+from s4s.learning.model_losses import resolve_loss
 from s4s.teacher import make_teacher_data
 from s4s.models import LoadedModel
 from s4s.plotting import line_plot
@@ -51,11 +51,20 @@ class BenchCell:
     seconds: float
     learn_seconds: Optional[float] = None
     solver_file: Optional[str] = None
+    feature_space: Optional[str] = None   # the features the FD is computed in
+
+
+def feature_space_of(cells: Sequence[BenchCell]) -> str:
+    """The one feature space of ``cells`` (FDs in different features are not comparable: refused)."""
+    spaces = {c.feature_space for c in cells if c.feature_space is not None}
+    if len(spaces) > 1:
+        raise ValueError(f"these cells measure FD in different features ({sorted(spaces)}); they cannot share a table")
+    return spaces.pop() if spaces else "features not recorded"
 
 
 def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence[str], grids: Sequence[str],
                     methods: Sequence[str], num_samples: int, out_dir: Path, seed: int = 0,
-                    guidance: Optional[float] = None, preset: str = "default", learn_options: Optional[dict] = None,
+                    guidance: Optional[float] = None, preset: str = "default", learn_options: Optional[dict[str, Any]] = None,
                     cache_dir: Optional[Path] = None, teacher_metric: bool = False, progress: bool = True,
                     image_count: int = 10, earlier: Sequence["BenchCell"] = ()) -> list[BenchCell]:
     """Run the benchmark; writes learned solvers, run folders and sample grids under ``out_dir``.
@@ -64,18 +73,18 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
     ``s4s bench --merge``) plus the new ones; a new cell replaces an earlier one of the same
     (method, NFE). Returns that merged list."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    feature_net = feature_network_for(model.image_shape, device=model.device)
-    options = {**PRESETS[preset], **(learn_options or {})}
-    options["loss"], feature_fn = resolve_loss(model, options.get("loss"))
-    teacher = options.pop("teacher")
-    num_learn = options.pop("num_samples")
+    feature_net = feature_network_for(model.image_shape, model.data, device=model.device)
+    config = preset_config(preset, **(learn_options or {})).with_options(guidance=guidance, seed=seed)
+    loss, feature_fn = resolve_loss(model, config.loss)
+    config = config.with_options(loss=loss)
     metrics = ["fd"] + (["teacher"] if teacher_metric else [])
-    labels_learn = model.labels(num_learn, guided=guidance is not None)
     teacher_data = None
-    if methods:
-        teacher_data = make_teacher_data(model.denoiser, model.schedule, model.sample_shape, num_learn, teacher,
-                                         seed + LEARN_SEED_OFFSET, labels_learn, guidance, 256, cache_dir,
-                                         model.fingerprint, progress=progress, device=model.device)
+    if methods:  # one teacher set for every learned cell, the one s4s.learn would make with these settings
+        teacher_data = make_teacher_data(
+            model.denoiser, model.schedule, model.sample_shape, num_samples=config.num_samples, teacher=config.teacher,
+            seed=seed + LEARN_SEED_OFFSET, labels=model.labels(config.num_samples, guided=guidance is not None),
+            guidance=guidance, batch_size=config.teacher_batch_size, cache_dir=cache_dir, progress=progress,
+            device=model.device)
     cells: list[BenchCell] = []
 
     def merged() -> list[BenchCell]:
@@ -88,14 +97,18 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
     for nfe in nfes:
         shown: dict[str, torch.Tensor] = {}
         for name in baselines:
+            if not nfe_supported(name, nfe):
+                log.info("NFE %d: %s does not exist at this NFE (two calls a step: odd NFE only); skipped", nfe, name)
+                continue
             best: Optional[BenchCell] = None
             for grid in grids:
                 sampler = baseline(name, model.schedule, nfe, grid=grid)
                 if sampler.nfe != nfe:
                     continue
-                r = evaluate(model, sampler, num_samples, seed, guidance, metrics, teacher, feature_net=feature_net,
+                r = evaluate(model, sampler, num_samples, seed, guidance, metrics, config.teacher, feature_net=feature_net,
                              cache_dir=cache_dir, progress=progress, solver_label=name)
-                cell = BenchCell(name, "baseline", nfe, grid, r["fd"], r["teacher_rmse"], r["seconds"])
+                cell = BenchCell(name, "baseline", nfe, grid, r["fd"], r["teacher_rmse"], r["seconds"],
+                                 feature_space=r["feature_space"])
                 log.info("NFE %d %s/%s: FD %.3f", nfe, name, grid, cell.fd)
                 if best is None or cell.fd < best.fd:
                     best = cell
@@ -105,16 +118,15 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
                 shown[f"{name} ({best.grid})"] = baseline(name, model.schedule, nfe, grid=best.grid)
         for method in methods:
             run_dir = out_dir / f"{method}-nfe{nfe}"
-            res = learn_with_result(model.denoiser, model.schedule, nfe, model.sample_shape, method=method,
-                                    guidance=guidance, seed=seed, run_dir=run_dir, progress=progress,
-                                    teacher_data=teacher_data, device=model.device, feature_fn=feature_fn, **options)
+            res = learn(model, nfe=nfe, config=config, method=method, run_dir=run_dir, progress=progress,
+                        teacher_data=teacher_data, feature_fn=feature_fn)
             path = res.solver.save(out_dir / f"{method}-nfe{nfe}.json")
-            r = evaluate(model, res.solver, num_samples, seed, guidance, metrics, teacher, feature_net=feature_net,
+            r = evaluate(model, res.solver, num_samples, seed, guidance, metrics, config.teacher, feature_net=feature_net,
                          cache_dir=cache_dir, progress=progress, solver_label=method)
             label = learned_label(res.solver.metadata)
             cells.append(BenchCell(label, "learned", nfe, f"learned from {res.solver.metadata['base']}/"
                                    f"{res.solver.metadata['grid_init']}", r["fd"], r["teacher_rmse"], r["seconds"],
-                                   res.seconds, str(path)))
+                                   res.seconds, str(path), r["feature_space"]))
             save_results()
             log.info("NFE %d %s: FD %.3f (learned in %.0f s)", nfe, method, r["fd"], res.seconds)
             shown[label] = res.solver
@@ -140,18 +152,18 @@ def learned_label(meta: dict[str, Any]) -> str:
 def cell_from_eval(result: dict[str, Any]) -> BenchCell:
     """A bench cell from one ``s4s eval --json`` result; a learned solver file named by its
     ``solver`` key gives the method and base (as ``s4s bench`` labels learned cells)."""
-    from s4s.learn.trainer import METHODS
-    from s4s.solver import Solver
+    from s4s.learning.config import METHODS
+    from s4s.solver import Solver, names_solver_file
 
     label, path = result["solver"], Path(str(result["solver"]))
-    if path.suffix == ".json" and path.is_file():
+    if names_solver_file(path) and path.is_file():
         meta = Solver.load(path).metadata
         if meta.get("method") in METHODS:
             return BenchCell(learned_label(meta), "learned", int(result["nfe"]), f"learned from {meta.get('base')}/"
                              f"{meta.get('grid_init')}", result["fd"], result.get("teacher_rmse"), result["seconds"],
-                             solver_file=str(path))
+                             solver_file=str(path), feature_space=result.get("feature_space"))
     return BenchCell(label, "baseline", int(result["nfe"]), str(result.get("grid", "")), result["fd"],
-                     result.get("teacher_rmse"), result["seconds"])
+                     result.get("teacher_rmse"), result["seconds"], feature_space=result.get("feature_space"))
 
 
 def load_cells(paths: Sequence[Path]) -> list[BenchCell]:
@@ -165,7 +177,7 @@ def load_cells(paths: Sequence[Path]) -> list[BenchCell]:
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot read bench results {path}: {err}") from err
         for row in rows if isinstance(rows, list) else [rows]:
-            cell = cell_from_eval(row) if "feature_space" in row else BenchCell(**row)
+            cell = BenchCell(**row) if "kind" in row else cell_from_eval(row)  # bench cells have a kind, eval results not
             merged[(cell.method, cell.nfe)] = cell
     return list(merged.values())
 
@@ -200,7 +212,8 @@ def markdown_table(cells: list[BenchCell], title: str, notes: Sequence[str] = ()
 
 def plot_fd(cells: list[BenchCell], path: Path, title: str) -> Optional[Path]:
     """FD vs NFE per solver (learned ones drawn bold), log scale."""
+    feature_space = feature_space_of(cells)
     series = {m: sorted((c.nfe, c.fd) for c in cells if c.method == m) for m in dict.fromkeys(c.method for c in cells)}
     learned = {c.method for c in cells if c.kind == "learned"}
     styles = {m: ({"lw": 2.5} if m in learned else {"lw": 1.2, "ls": "--"}) for m in series}
-    return line_plot(series, path, "NFE", "FD (MNIST classifier features)", title, styles=styles)
+    return line_plot(series, path, "NFE", f"FD ({feature_space})", title, styles=styles)

@@ -11,12 +11,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from s4s.bundled import assets_dir
+from s4s.bundled import DATA_SETS, assets_dir, load_weights
 
 __all__ = ["MnistClassifier", "load_mnist_classifier", "CLASSIFIER_FILE", "REFERENCE_STATS_FILE"]
 
 CLASSIFIER_FILE = "mnist-classifier/model.safetensors"
-REFERENCE_STATS_FILE = "mnist-classifier/mnist_test_features.npz"
+REFERENCE_STATS_FILE = DATA_SETS["mnist"].reference_stats
 
 
 class MnistClassifier(nn.Module):
@@ -43,25 +43,7 @@ class MnistClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-class ClassifierFeatures(nn.Module):
-    """Feature extractor view of the classifier (``num_features`` attribute for torchmetrics)."""
-
-    def __init__(self, classifier: MnistClassifier) -> None:
-        super().__init__()
-        self.classifier = classifier
-        self.num_features = classifier.num_features
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier.features(x)
-
-
 def load_mnist_classifier(path: Optional[Path] = None, device: torch.device | str = "cpu") -> MnistClassifier:
     """Load the shipped weights (float16 on disk, float32 in memory), in eval mode."""
-    from safetensors.torch import load_file
-
     path = Path(path) if path is not None else assets_dir() / CLASSIFIER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"MNIST classifier weights not found at {path}; run scripts/train_mnist_classifier.py")
-    model = MnistClassifier()
-    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-    return model.to(device).eval().requires_grad_(False)
+    return load_weights(MnistClassifier(), path, "run scripts/train_mnist_classifier.py", device)

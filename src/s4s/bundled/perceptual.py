@@ -13,7 +13,7 @@ LPIPS uses VGG (Zhang et al. 2018, with unit layer weights): for layers ``l`` wi
     \qquad \hat h = h / (\|h\|_{\text{channels}} + \epsilon).
 
 :meth:`MnistPerceptualNet.features` returns the concatenation of ``\hat h_l / \sqrt{H_l W_l}``, so
-``d(x, y) = ||features(x) - features(y)||^2`` (loss ``perceptual`` in :mod:`s4s.learn.objectives`).
+``d(x, y) = ||features(x) - features(y)||^2`` (loss ``perceptual`` in :mod:`s4s.learning.objectives`).
 Inputs are images in [-1, 1], shape (B, 1, 28, 28).
 """
 
@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from s4s.bundled import assets_dir
+from s4s.bundled import assets_dir, load_weights
 
 __all__ = ["MnistPerceptualNet", "load_mnist_perceptual", "PERCEPTUAL_FILE"]
 
@@ -71,12 +71,5 @@ class MnistPerceptualNet(nn.Module):
 
 def load_mnist_perceptual(path: Optional[Path] = None, device: torch.device | str = "cpu") -> MnistPerceptualNet:
     """Load the shipped weights (float16 on disk, float32 in memory), in eval mode, frozen."""
-    from safetensors.torch import load_file
-
     path = Path(path) if path is not None else assets_dir() / PERCEPTUAL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"MNIST perceptual network weights not found at {path}; run "
-                                "scripts/train_mnist_classifier.py --network perceptual")
-    model = MnistPerceptualNet()
-    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-    return model.to(device).eval().requires_grad_(False)
+    return load_weights(MnistPerceptualNet(), path, "run scripts/train_mnist_classifier.py --network perceptual", device)

@@ -1,11 +1,12 @@
-"""Feature networks for the Fréchet distance, chosen to fit the data.
+"""Feature networks for the Fréchet distance, chosen by what the model's data is (docs/design.md §6).
 
-* 28x28 single-channel data (MNIST-like): the bundled MNIST classifier's 128-d features, reported
-  as "FD (MNIST classifier features)" - never as FID;
-* RGB data: Inception-v3 pool features (standard FID) when the user gives local weights
-  (``torch-fidelity`` format ``pt_inception-2015-12-05-*.pth``) and reference statistics of real data.
+* a data set the project ships a classifier for (:data:`s4s.bundled.DATA_SETS`, e.g. ``mnist``),
+  declared by the model: that classifier's features, reported as "FD (<data> classifier features)",
+  never as FID;
+* RGB images with local Inception-v3 weights (``torch-fidelity`` format
+  ``pt_inception-2015-12-05-*.pth``) and reference statistics of real data: FID.
 
-Anything else is a clear error rather than a silent number.
+Anything else is a clear error rather than a silent number; a sample's shape alone never picks one.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from s4s.bundled import assets_dir
-from s4s.bundled.classifier import REFERENCE_STATS_FILE, MnistClassifier, load_mnist_classifier
+from s4s.bundled import DATA_SETS, DataSet, assets_dir, data_set
 from s4s.eval.frechet import FeatureStats
 
-__all__ = ["FeatureNetwork", "mnist_feature_network", "inception_feature_network", "feature_network_for"]
+__all__ = ["FeatureNetwork", "classifier_feature_network", "inception_feature_network", "feature_network_for"]
 
 INCEPTION_HELP = (
     "Inception FID needs local weights: download torch-fidelity's 'pt_inception-2015-12-05-6726825d.pth' on a "
@@ -37,14 +37,15 @@ class FeatureNetwork:
     name: str
     features: Callable[[Tensor], Tensor]
     reference: FeatureStats
-    classifier: Optional[MnistClassifier] = None
+    classifier: Optional[torch.nn.Module] = None   # logits for class accuracy, where the data has classes
     device: torch.device = torch.device("cpu")   # inputs are moved here in batches
 
 
-def mnist_feature_network(device: torch.device | str = "cpu") -> FeatureNetwork:
-    clf = load_mnist_classifier(device=device)
-    ref = FeatureStats.load(assets_dir() / REFERENCE_STATS_FILE)
-    return FeatureNetwork("MNIST classifier features", clf.features, ref, clf, torch.device(device))
+def classifier_feature_network(data: DataSet, device: torch.device | str = "cpu") -> FeatureNetwork:
+    """The shipped classifier of ``data``: its features, the real data's statistics, its logits."""
+    clf = data.load_classifier(device)
+    ref = FeatureStats.load(assets_dir() / data.reference_stats)
+    return FeatureNetwork(f"{data.name.upper()} classifier features", clf.features, ref, clf, torch.device(device))
 
 
 def inception_feature_network(weights: Optional[Path], reference_stats: Optional[Path],
@@ -68,15 +69,22 @@ def inception_feature_network(weights: Optional[Path], reference_stats: Optional
     return FeatureNetwork("Inception-v3 pool3 (FID)", features, FeatureStats.load(reference_stats), device=torch.device(device))
 
 
-def feature_network_for(sample_shape: tuple[int, ...], inception_weights: Optional[Path] = None,
-                        reference_stats: Optional[Path] = None, device: torch.device | str = "cpu") -> FeatureNetwork:
-    """The feature network that fits data of ``sample_shape`` (C, H, W)."""
-    if tuple(sample_shape) == (1, 28, 28) and inception_weights is None:
-        net = mnist_feature_network(device)
+def feature_network_for(image_shape: tuple[int, ...], data: Optional[str] = None,
+                        inception_weights: Optional[Path] = None, reference_stats: Optional[Path] = None,
+                        device: torch.device | str = "cpu") -> FeatureNetwork:
+    """The feature network for a model whose decoded images have ``image_shape`` (C, H, W) and whose
+    declared data set is ``data`` (see module doc)."""
+    rgb = len(image_shape) == 3 and image_shape[0] == 3
+    if inception_weights is not None and not rgb:
+        raise ValueError(f"Inception FID is for RGB images; this model makes {tuple(image_shape)}")
+    if inception_weights is not None or (rgb and data is None):  # without weights: one error saying how to get them
+        return inception_feature_network(inception_weights, reference_stats, device)
+    found = data_set(data, image_shape)
+    if found is not None:
+        net = classifier_feature_network(found, device)
         if reference_stats is not None:
             net.reference = FeatureStats.load(reference_stats)
         return net
-    if len(sample_shape) == 3 and sample_shape[0] == 3:
-        return inception_feature_network(inception_weights, reference_stats, device)
-    raise ValueError(f"no feature network fits samples of shape {tuple(sample_shape)}: the bundled classifier is for "
-                     f"1x28x28 MNIST-like data, Inception for RGB images (with --inception-weights). Use --metrics teacher.")
+    raise ValueError(f"no feature network fits this model's data as far as s4s knows (images {tuple(image_shape)}, no "
+                     f"declared data set): declare the data (--data, one of {sorted(DATA_SETS)}) if it is one s4s ships networks "
+                     "for, or use --metrics teacher")

@@ -28,9 +28,10 @@ from s4s.baselines import HeunSampler, baseline
 from s4s.eval.features import FeatureNetwork, feature_network_for
 from s4s.eval.frechet import FeatureStats, frechet_distance
 from s4s.eval.images import save_image_grid
-from s4s.teacher import DEFAULT_TEACHER, clip_of, make_teacher_data, sample_noise
+from s4s.denoisers import clip_of
+from s4s.teacher import DEFAULT_TEACHER, make_teacher_data, sample_noise
 from s4s.models import LoadedModel
-from s4s.solver import Solver
+from s4s.solver import Solver, names_solver_file
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ METRICS = ("fd", "teacher")
 
 def resolve_sampler(spec: str, model: LoadedModel, nfe: Optional[int] = None, grid: str = "logsnr") -> Sampler:
     """A solver file (``*.json``) or a baseline name with ``nfe`` on ``grid``."""
-    if spec.endswith(".json") or Path(spec).is_file():
+    if names_solver_file(spec):
         solver = Solver.load(spec)
         if nfe is not None and nfe != solver.nfe:
             raise ValueError(f"{spec} is a {solver.nfe}-NFE solver; --nfe {nfe} asks for another")
@@ -106,8 +107,8 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
     model.check_guidance(guidance)
     t0 = time.time()
-    if feature_net is None and ("fd" in metrics or model.is_mnist_like):
-        feature_net = feature_network_for(model.image_shape, device=model.device)
+    if feature_net is None and ("fd" in metrics or model.data is not None):  # declared data: class accuracy too
+        feature_net = feature_network_for(model.image_shape, model.data, device=model.device)
     labels = sampling_labels(model, num_samples, guidance)
     samples = generate(model, sampler, num_samples, seed, guidance, batch_size, progress, labels)
     sample_seconds = time.time() - t0
@@ -131,9 +132,9 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         pred = batched(lambda x: feature_net.classifier(x).argmax(1), images, device=feature_net.device)
         result["accuracy"] = float((pred == labels).float().mean())
     if "teacher" in metrics:
-        data = make_teacher_data(model.denoiser, model.schedule, model.sample_shape, num_samples, teacher, seed,
-                                 labels, guidance, batch_size, cache_dir, model.fingerprint, progress=progress,
-                                 device=model.device)
+        data = make_teacher_data(model.denoiser, model.schedule, model.sample_shape, num_samples=num_samples,
+                                 teacher=teacher, seed=seed, labels=labels, guidance=guidance, batch_size=batch_size,
+                                 cache_dir=cache_dir, progress=progress, device=model.device)
         result["teacher"] = teacher
         result["teacher_rmse"] = float((samples - data.x0).pow(2).mean().sqrt())
         if feats is not None:

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["LOSSES", "make_distance"]
+__all__ = ["LOSSES", "make_distance", "resolve_auto_loss"]
 
 Distance = Callable[[Tensor, Tensor], Tensor]
 
@@ -43,6 +43,17 @@ def pseudo_huber(x: Tensor, y: Tensor) -> Tensor:
 
 
 LOSSES = ("l2", "l1", "pseudo_huber", "feature", "perceptual", "lpips")
+
+
+def resolve_auto_loss(loss: str, feature_fn: Optional[Callable[[Tensor], Tensor]] = None) -> str:
+    """``loss`` itself, or for ``"auto"`` without a model-specific choice: ``l2`` (a feature network is
+    used only when it is known to fit the model's data, see :mod:`s4s.learning.model_losses`)."""
+    if loss != "auto":
+        return loss
+    if feature_fn is not None:
+        raise ValueError("a feature_fn was given with loss 'auto': name the distance it is for, loss='perceptual' "
+                         "(an LPIPS-style network) or loss='feature'")
+    return "l2"
 
 
 def make_distance(name: str, feature_fn: Optional[Callable[[Tensor], Tensor]] = None) -> Distance:

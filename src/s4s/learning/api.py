@@ -1,0 +1,117 @@
+"""``s4s.learn``: teacher data + S4S / S4S-Alt learning in one call, the same for Python and the CLI.
+
+``s4s learn --model DIR --nfe 5 --preset fast --steps 40`` is ``s4s.learn(s4s.load_model(DIR), nfe=5,
+preset="fast", steps=40)``: the CLI parses its flags into the same :class:`LearnConfig` fields and calls
+this function (tests/test_learn_api.py checks that both learn the same solver).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from s4s.denoisers import clip_of, device_of, fingerprint_of
+from s4s.learning.config import LearnConfig, preset_config
+from s4s.learning.trainer import LearnResult, save_run, train_solver
+from s4s.models import LoadedModel
+from s4s.schedules import Schedule
+from s4s.teacher import TeacherData, default_cache_dir, make_teacher_data
+
+log = logging.getLogger(__name__)
+
+__all__ = ["learn", "LEARN_SEED_OFFSET"]
+
+LEARN_SEED_OFFSET = 1_000_003  # learning noise never overlaps evaluation noise of the same seed
+
+
+def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedule] = None, nfe: Optional[int] = None,
+          shape: Optional[tuple[int, ...]] = None, *, preset: str = "default", config: Optional[LearnConfig] = None,
+          labels: Optional[Tensor] = None, feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
+          decode: Optional[Callable[[Tensor], Tensor]] = None, teacher_data: Optional[TeacherData] = None,
+          cache: bool = True, cache_dir: Optional[Path] = None, run_dir: Optional[Path] = None, resume: bool = False,
+          progress: bool = True, device: Optional[torch.device | str] = None, **options: Any) -> LearnResult:
+    """Learn an ``nfe``-call solver (S4S / S4S-Alt, docs/design.md §5); returns a :class:`LearnResult`
+    (``.solver``, ``.history``, ``.base`` / ``.grid`` it started from, ``.seconds``, ``.summary()``).
+
+    ``model`` is a :class:`~s4s.models.LoadedModel` (``s4s.load_model(...)``: schedule, sample shape,
+    class labels, device, decoder and declared data come from it) or any denoiser ``D(x, t, cond,
+    guidance)`` with ``schedule`` and one sample's ``shape`` (e.g. ``(4, 64, 64)``).
+
+    Settings: the ``preset`` (``"default"`` or ``"fast"``, :data:`s4s.learning.config.PRESETS`) or a
+    whole ``config``, with any :class:`LearnConfig` field overridden by keyword (``method``,
+    ``teacher``, ``num_samples``, ``steps``, ``loss``, ``guidance``, ``seed``, ...).
+
+    Teacher samples are cached under ``cache_dir`` (default ``$S4S_CACHE/teacher``) unless
+    ``cache=False``; ``teacher_data`` gives them directly. ``labels`` are the class labels of the
+    teacher noises (a LoadedModel makes class-balanced ones when guiding). ``feature_fn`` is the
+    network of a ``feature`` / ``perceptual`` loss; ``decode`` (a latent pipeline's decoder, with
+    ``decode_loss=True``) makes the loss compare decoded images. ``run_dir`` keeps the checkpoint,
+    config, history and curves; ``resume`` continues from its checkpoint.
+    """
+    base = config if config is not None else preset_config(preset)
+    config = base.with_options(**options)
+    if nfe is not None:
+        config = config.with_options(nfe=nfe)
+    if isinstance(model, LoadedModel):
+        if schedule is not None and schedule != model.schedule:
+            raise ValueError(f"schedule {schedule!r} differs from the loaded model's {model.schedule!r}")
+        schedule, shape = model.schedule, tuple(shape or model.sample_shape)
+        model.check_guidance(config.guidance)
+        device = device if device is not None else model.device
+        if config.decode_loss and decode is None:
+            if not model.is_latent:
+                raise ValueError("decode_loss needs a latent pipeline (a folder with a vae/ or vqvae/ component)")
+            decode = model.decode
+        if feature_fn is None:
+            from s4s.learning.model_losses import resolve_loss
+
+            loss, feature_fn = resolve_loss(model, config.loss)
+            config = config.with_options(loss=loss)
+        if labels is None and teacher_data is None:
+            labels = model.labels(config.num_samples, guided=config.guidance is not None)
+        denoiser: Callable[..., Tensor] = model.denoiser
+    else:
+        denoiser = model
+        schedule = schedule if schedule is not None else getattr(model, "schedule", None)
+        if schedule is None:
+            raise ValueError("learn needs the model's schedule: pass schedule=, or a LoadedModel / s4s.Denoiser")
+        if shape is None and teacher_data is None:
+            raise ValueError("learn needs one sample's shape (e.g. shape=(4, 64, 64)) with a plain denoiser")
+        device = device if device is not None else device_of(model)
+        if decode is not None:
+            config = config.with_options(decode_loss=True)
+        elif config.decode_loss:
+            raise ValueError("decode_loss needs decode= (the latent pipeline's decoder)")
+    config.validate()
+    if config.guidance is not None and labels is None and (teacher_data is None or teacher_data.cond is None):
+        raise ValueError("guidance needs labels (a class-conditional model): without a condition there is nothing to "
+                         "guide towards")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    teacher_seconds = 0.0
+    if teacher_data is None:
+        t0 = time.time()
+        teacher_data = make_teacher_data(
+            denoiser, schedule, tuple(shape), num_samples=config.num_samples, teacher=config.teacher,
+            seed=config.seed + LEARN_SEED_OFFSET, labels=labels, guidance=config.guidance,
+            batch_size=config.teacher_batch_size, cache_dir=(cache_dir or default_cache_dir()) if cache else None,
+            progress=progress, device=device)
+        teacher_seconds = time.time() - t0
+    n_val = max(1, int(round(len(teacher_data) * config.val_fraction)))
+    if len(teacher_data) - n_val < 1:
+        raise ValueError(f"{len(teacher_data)} teacher samples leave none for training")
+    train, val = teacher_data.split(len(teacher_data) - n_val)
+    meta = {"teacher": teacher_data.meta.get("teacher", config.teacher), "num_samples": len(teacher_data),
+            "model_fingerprint": fingerprint_of(denoiser), "denoiser_clip": clip_of(denoiser)}
+    if decode is not None:
+        meta["loss_space"] = "decoded"
+    result = train_solver(denoiser, schedule, train, val, config, run_dir, resume, progress, feature_fn, meta, decode,
+                          device=device)
+    result.teacher_seconds = teacher_seconds
+    if run_dir is not None:
+        save_run(result, Path(run_dir))
+    return result

@@ -1,0 +1,150 @@
+"""Everything that determines a learning run, in one frozen :class:`LearnConfig`, and the named presets.
+
+``LearnConfig()`` *is* the default recipe: the Python API (:func:`s4s.learn`), the CLI (``s4s learn``),
+the demo and the benchmarks all start from :data:`PRESETS` and override fields by name, so the same
+settings learn the same solver wherever they are given (docs/design.md §5).
+
+The teacher is UniPC-bh2 at 50 calls (``docs/ablations_mnist.md`` measures it against a 100-call
+teacher); the state weights ``a`` are learned too (``learn_a``; the paper's parametrisation is
+``learn_a=False``, compared in ``docs/ablations_gmm.md``). ``fast`` is the recipe ``make demo`` runs
+on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Optional
+
+from s4s.baselines import BASELINES
+from s4s.grids import GRIDS
+from s4s.learning.objectives import LOSSES
+from s4s.teacher import DEFAULT_TEACHER, parse_teacher
+
+__all__ = ["LearnConfig", "PRESETS", "preset_config", "default_lr", "METHODS", "LR_DECAYS", "AUTO_LOSS"]
+
+METHODS = ("s4s", "s4s-pc", "s4s-alt", "s4s-alt-pc", "s4s-joint")
+LR_DECAYS = ("constant", "cosine")
+AUTO_LOSS = "auto"
+
+
+def default_lr(nfe: int) -> float:
+    """Adam learning rate of the coefficient residuals when none is given: 1e-2 up to NFE 6, 2e-3 above.
+
+    Larger NFE made 1e-2 unstable on the bundled eps model (the validation loss jumped between checks
+    at NFE 8 and never beat the base at NFE 10; ``docs/ablations_mnist.md``). Why larger NFE needs smaller
+    steps was not isolated; NFE 7 and 9 were not measured.
+    """
+    return 1e-2 if nfe <= 6 else 2e-3
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """One learning run's settings; saved beside the result and compared on ``resume``.
+
+    ``nfe`` may be left out of a preset and given when learning. ``lr=None`` means
+    :func:`default_lr` of the NFE; ``loss="auto"`` is resolved when the model is known
+    (:func:`s4s.learning.model_losses.resolve_loss`): a feature distance only where a network made
+    for the model's data is declared, else ``l2``.
+    """
+
+    nfe: Optional[int] = None
+    method: str = "s4s-alt-pc"
+    # teacher data
+    teacher: str = DEFAULT_TEACHER     # NAME:NFE (a baseline) or rk45:TOL
+    num_samples: int = 1024            # teacher samples (noises), learning and validation together
+    val_fraction: float = 0.25         # held out for validation and selection
+    teacher_batch_size: int = 256
+    # what is learned, from where, against what
+    base: str = "auto"                 # a BASELINES name, or "auto": best on validation (docs/design.md §5.5)
+    grid: str = "auto"                 # a GRIDS name, or "auto": best grid for the base on validation
+    loss: str = AUTO_LOSS
+    decode_loss: bool = False          # latent pipelines: measure the loss on decoded images
+    learn_a: bool = True               # also learn the state weights a
+    # optimisation
+    steps: int = 400
+    batch_size: int = 32
+    lr: Optional[float] = None         # coefficient residuals; None: default_lr(nfe)
+    grid_lr: float = 2e-2              # grid logits and input-time shifts
+    warmup: int = 10
+    lr_decay: str = "constant"         # or "cosine": after warm-up, lr * (1 + cos(pi * step / steps)) / 2
+    alt_round: int = 50                # steps per round for S4S-Alt
+    val_every: int = 25
+    ball_radius: float = 0.0           # relaxed objective (LD3): RMS radius in units of sigma_T; 0 = plain
+    ball_lr: float = 0.05
+    guidance: Optional[float] = None   # classifier-free guidance scale learned for
+    seed: int = 0
+    checkpoint: Optional[bool] = None  # per-call activation checkpointing; None: on for samples >= 4096 values
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))
+
+    def with_options(self, **options: Any) -> "LearnConfig":
+        """A copy with ``options`` replaced; an unknown name is one ``ValueError`` listing the known ones."""
+        unknown = sorted(set(options) - self.field_names())
+        if unknown:
+            raise ValueError(f"unknown learning option(s) {unknown}; known: {sorted(self.field_names())}")
+        return replace(self, **options)
+
+    @property
+    def coefficient_lr(self) -> float:
+        """The coefficient learning rate: ``lr``, or :func:`default_lr` of the NFE."""
+        return self.lr if self.lr is not None else default_lr(self.nfe or 1)
+
+    @property
+    def corrector(self) -> bool:
+        return self.method.endswith("-pc")
+
+    @property
+    def learns_grid(self) -> bool:
+        return self.method.startswith("s4s-alt") or self.method == "s4s-joint"
+
+    def validate(self) -> None:
+        """One ``ValueError`` for the first setting out of its range."""
+        if self.nfe is None:
+            raise ValueError("nfe is not set: give the number of model calls to learn a solver for")
+        if self.nfe < 1:
+            raise ValueError(f"nfe must be >= 1, got {self.nfe}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {list(METHODS)}")
+        if self.base != "auto" and self.base not in BASELINES:
+            raise ValueError(f"unknown base {self.base!r}; choose 'auto' or one of {sorted(BASELINES)}")
+        if self.grid != "auto" and self.grid not in GRIDS:
+            raise ValueError(f"unknown grid {self.grid!r}; choose 'auto' or one of {sorted(GRIDS)}")
+        if self.loss != AUTO_LOSS and self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose {AUTO_LOSS!r} or one of {list(LOSSES)}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"unknown lr_decay {self.lr_decay!r}; choose from {list(LR_DECAYS)}")
+        parse_teacher(self.teacher)
+        if self.num_samples < 2:
+            raise ValueError(f"num_samples must be >= 2 (some for learning, some for validation), got {self.num_samples}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        for name in ("steps", "batch_size", "val_every", "alt_round", "teacher_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        for name in ("lr", "grid_lr", "ball_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.ball_radius) and self.ball_radius >= 0):
+            raise ValueError(f"ball_radius must be a finite number >= 0, got {self.ball_radius}")
+        if self.guidance is not None and not math.isfinite(self.guidance):
+            raise ValueError(f"guidance must be a finite number, got {self.guidance}")
+
+
+PRESETS: dict[str, LearnConfig] = {
+    "default": LearnConfig(),
+    "fast": LearnConfig(teacher="unipc_bh2:40", num_samples=320, steps=80, batch_size=16, val_every=20, alt_round=10,
+                        warmup=5),
+}
+
+
+def preset_config(name: str = "default", **options: Any) -> LearnConfig:
+    """The preset ``name`` with ``options`` replaced (``None`` values are left as the preset has them)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name].with_options(**{k: v for k, v in options.items() if v is not None})

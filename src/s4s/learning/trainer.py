@@ -1,0 +1,409 @@
+r"""The S4S / S4S-Alt training loop.
+
+Objective (docs/design.md §5): ``E_i d(student(x_T'^i), x0_teacher^i)``, the student being the N-call
+solver unrolled and differentiated end to end with the model frozen. With ``ball_radius = r > 0``
+each training sample has its own input ``x_T'`` kept within RMS distance ``r * sigma_T`` of
+``x_T`` (LD3's relaxed objective; ``r = 0`` is the plain one), updated by normalised gradient
+steps and projection.
+
+Methods:
+
+* ``s4s``       - predictor coefficients (linear multistep), grid fixed; ``base="auto"`` picks among
+  predictor-only solvers (DPM-Solver++(3M), UniP-bh1/bh2); a base with its own corrector
+  (UniPC, when named) keeps it, recomputed from the grid but not learned;
+* ``s4s-pc``    - predictor and corrector coefficients, grid fixed;
+* ``s4s-alt``   - alternating rounds: coefficients (grid fixed), then grid + input times
+  (coefficients fixed); ``s4s-alt-pc`` the same in predictor-corrector form;
+* ``s4s-joint`` - coefficients, grid and input times together (to compare with alternating).
+
+Adam with linear warm-up, mini-batches, validation every ``val_every`` steps on held-out noise
+with the plain objective (``r = 0``, same distance; the RMSE is recorded too); the best-on-validation
+solver is returned, and step 0 is the base
+solver, so the result is never worse than the base on validation. A checkpoint at every
+validation lets an interrupted run resume to the same result. NaN/inf stops the run with a
+clear message and keeps the best solver so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from s4s.checks import first_line
+from s4s.denoisers import clip_of
+from s4s.grids import GRIDS, make_grid
+from s4s.io import atomic_write, atomic_write_text
+from s4s.learning.config import LearnConfig
+from s4s.learning.objectives import make_distance, resolve_auto_loss
+from s4s.learning.parametrization import LearnableSolver
+from s4s.teacher import TeacherData
+from s4s.plotting import line_plot
+from s4s.schedules import Schedule
+from s4s.solver import NonFiniteError, Solver, integrate
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LearnResult", "train_solver", "choose_base", "save_run", "phase_at"]
+# Bases "auto" chooses from. Linear-multistep methods start from predictor-only solvers (UniP, not
+# UniPC): a base's own corrector, kept fixed under learned predictor rows, learned worse solvers on the
+# bundled eps model (docs/ablations_mnist.md). The -pc methods learn a corrector and start from UniPC itself.
+BASE_CANDIDATES = ("dpmpp_3m", "unip_bh1", "unip_bh2")
+BASE_CANDIDATES_PC = ("dpmpp_3m", "unipc_bh1", "unipc_bh2")
+
+
+@dataclass
+class LearnResult:
+    """What a learning run gives: the best-on-validation solver and how it got there.
+
+    ``history`` holds one row per validation (step, training and validation loss, validation MSE, phase);
+    ``base_losses`` the validation loss of every (base, grid) candidate; ``stopped`` why the run ended
+    early (non-finite values), else None; ``seconds`` the learning time and ``teacher_seconds`` the
+    teacher's (0 when its samples came from the cache or were given); ``config`` the resolved settings.
+    """
+
+    solver: Solver
+    history: list[dict[str, Any]] = field(default_factory=list)
+    base_losses: dict[str, float] = field(default_factory=dict)
+    stopped: Optional[str] = None
+    seconds: float = 0.0
+    config: Optional[LearnConfig] = None
+    teacher_seconds: float = 0.0
+
+    @property
+    def base(self) -> str:
+        """The base solver the run started from (chosen on validation when ``base="auto"``)."""
+        return self.solver.metadata["base"]
+
+    @property
+    def grid(self) -> str:
+        """The grid the run started from."""
+        return self.solver.metadata["grid_init"]
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able summary: method, NFE, base/grid, validation distances base -> kept, timings."""
+        meta = self.solver.metadata
+        return {"method": meta["method"], "nfe": self.solver.nfe, "base": self.base, "grid": self.grid,
+                "loss": meta["loss"], "base_val_loss": meta["base_val_loss"], "val_loss": meta["val_loss"],
+                "base_val_rmse": meta["base_val_rmse"], "val_rmse": meta["val_rmse"], "steps": meta["steps"],
+                "stopped": self.stopped, "seconds": self.seconds, "teacher_seconds": self.teacher_seconds}
+
+
+def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], distance, data: TeacherData,
+                  batch_size: int, also_mse: bool = False, clip: Optional[tuple[float, float]] = None):
+    """Mean ``distance`` over ``data`` (and the mean squared error too with ``also_mse``, of the outputs
+    clamped to ``clip`` when given: the model's data range, i.e. the images a user gets)."""
+    total, mse, n = 0.0, 0.0, len(data)
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            cond = None if data.cond is None else data.cond[i:i + batch_size]
+            out = solver_fn(data.x_T[i:i + batch_size], cond)
+            total += float(distance(out, data.x0[i:i + batch_size]).sum())
+            shown = out if clip is None else out.clamp(*clip)
+            mse += float((shown - data.x0[i:i + batch_size]).pow(2).reshape(out.shape[0], -1).mean(1).sum())
+    return (total / n, mse / n) if also_mse else total / n
+
+
+def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: TeacherData, distance) -> tuple[str, str, dict[str, float]]:
+    """The (base, grid) pair with the lowest validation loss at this NFE (docs/design.md §5.5)."""
+    bases = (BASE_CANDIDATES_PC if config.corrector else BASE_CANDIDATES) if config.base == "auto" else (config.base,)
+    grids = tuple(GRIDS) if config.grid == "auto" else (config.grid,)
+    losses: dict[str, float] = {}
+    for base in bases:
+        for grid in grids:
+            model = LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector)
+            solver = model.to_solver()
+            fn = lambda x, c: solver.sample(denoiser, x, c, config.guidance, check_finite=False)  # noqa: E731
+            losses[f"{base}/{grid}"] = _batched_loss(fn, distance, val, 4 * config.batch_size)
+    finite = {k: v for k, v in losses.items() if math.isfinite(v)}
+    if not finite:
+        raise NonFiniteError(f"every base solver gives NaN/inf on the validation noise ({', '.join(losses)}): "
+                             "the model returns non-finite values")
+    best = min(finite, key=finite.get)
+    log.info("base candidates (validation %s): %s -> %s", config.loss,
+             ", ".join(f"{k} {v:.4g}" for k, v in losses.items()), best)
+    base, grid = best.split("/")
+    return base, grid, losses
+
+
+def _lr_factor(phase_step: int, warmup: int, step: int = 0, steps: int = 1, decay: str = "constant") -> float:
+    """Linear warm-up over a parameter group's first ``warmup`` updates (``phase_step``), times the decay
+    at the run's global ``step`` of ``steps``: 1 (constant) or ``(1 + cos(pi * step / steps)) / 2`` (cosine)."""
+    factor = min(1.0, (phase_step + 1) / max(warmup, 1))
+    if decay == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+    return factor
+
+
+# Settings a resumed run may change: it can run longer than the interrupted one planned.
+RESUMABLE_CHANGES = frozenset({"steps"})
+
+
+def _data_digest(train: TeacherData, val: TeacherData) -> str:
+    """A short digest of the teacher data (how it was made, its size, its first and last samples)."""
+    h = hashlib.sha256(json.dumps(train.meta, sort_keys=True, default=str).encode())
+    for part in (train, val):
+        h.update(f"{len(part)}:{tuple(part.x_T.shape)}".encode())
+        for t in (part.x_T[:1], part.x_T[-1:], part.x0[:1], part.x0[-1:]):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_checkpoint(path: Path, config: LearnConfig, data_digest: str) -> Optional[dict[str, Any]]:
+    """The checkpoint at ``path`` (None if absent) if it was made with these settings and this teacher
+    data; otherwise one ``ValueError`` listing what differs. Loaded without unpickling code."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file: say so in one line
+        raise ValueError(f"cannot read the checkpoint {path} ({type(err).__name__}: {first_line(err, 200)}); "
+                         "delete it or run without --resume") from None
+    saved, now = state.get("config") or {}, asdict(config)
+    diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in sorted(now)
+            if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if state.get("data") != data_digest:
+        diff.append("teacher data (model, teacher, seeds or samples) differs")
+    if diff:
+        raise ValueError(f"the checkpoint {path} was made with other settings ({'; '.join(diff)}); resume with the "
+                         "same settings, or start afresh without --resume")
+    return state
+
+
+def phase_at(config: LearnConfig, step: int) -> str:
+    """Which parameter groups step ``step`` updates: ``coefficients``, ``grid`` (grid and input times) or
+    ``joint``. S4S-Alt alternates rounds of ``alt_round`` steps, starting with the coefficients."""
+    if config.method.startswith("s4s-alt"):
+        return "coefficients" if (step // config.alt_round) % 2 == 0 else "grid"
+    return "joint" if config.method == "s4s-joint" else "coefficients"
+
+
+def ball_step(x_in: Tensor, origin: Tensor, radius: float, lr: float, sigma_T: float) -> Tensor:
+    r"""One relaxed-objective update of the training inputs (LD3): a gradient step normalised per sample,
+    ``x' <- x' - lr sigma_T g / rms(g)``, then projection onto the ball ``||x' - x_T|| <= r sigma_T sqrt(d)``
+    (RMS distance ``r sigma_T``). ``x_in`` carries the gradient; returns the new inputs."""
+    n = x_in.shape[0]
+    grad = x_in.grad.reshape(n, -1)
+    new = x_in.detach().reshape(n, -1) - lr * sigma_T * grad / (grad.pow(2).mean(1, keepdim=True).sqrt() + 1e-12)
+    flat_origin = origin.reshape(n, -1)
+    delta = new - flat_origin
+    limit = radius * sigma_T * math.sqrt(delta.shape[1])
+    delta = delta * (limit / delta.norm(dim=1, keepdim=True).clamp(min=limit))
+    return (flat_origin + delta).reshape(x_in.shape)
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue: the learnable solver, both optimisers, the sampling generator,
+    the relaxed inputs, counters, history and the best-on-validation parameters so far."""
+
+    model: LearnableSolver
+    coef_opt: torch.optim.Optimizer
+    grid_opt: Optional[torch.optim.Optimizer]
+    gen: torch.Generator
+    x_prime: Optional[Tensor]
+    base: str
+    grid: str
+    base_losses: dict[str, float]
+    step: int = 0
+    coef_steps: int = 0
+    grid_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val: float = math.inf
+    best_state: Optional[dict[str, Tensor]] = None
+
+    @classmethod
+    def start(cls, schedule: Schedule, config: LearnConfig, base: str, grid: str, base_losses: dict[str, float],
+              train: TeacherData) -> "TrainState":
+        model = LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector,
+                                learn_a=config.learn_a)
+        coef_opt = torch.optim.Adam(model.coefficient_parameters(), lr=config.coefficient_lr)
+        grid_opt = torch.optim.Adam(model.grid_parameters(), lr=config.grid_lr) if config.learns_grid else None
+        return cls(model, coef_opt, grid_opt, torch.Generator().manual_seed(config.seed),
+                   train.x_T.clone() if config.ball_radius > 0 else None, base, grid, base_losses)
+
+    def record(self, config: LearnConfig, data_digest: str) -> dict[str, Any]:
+        """The checkpoint: plain tensors and containers only (loaded with ``weights_only=True``)."""
+        return {"model": self.model.state_dict(), "coef_opt": self.coef_opt.state_dict(),
+                "grid_opt": None if self.grid_opt is None else self.grid_opt.state_dict(), "gen": self.gen.get_state(),
+                "x_prime": self.x_prime, "step": self.step, "history": self.history, "best_val": self.best_val,
+                "best_state": self.best_state, "coef_steps": self.coef_steps, "grid_steps": self.grid_steps,
+                "base": self.base, "grid": self.grid, "base_losses": self.base_losses, "config": asdict(config),
+                "data": data_digest}
+
+    def save(self, path: Path, config: LearnConfig, data_digest: str) -> None:
+        record = self.record(config, data_digest)
+        atomic_write(path, lambda tmp: torch.save(record, tmp))
+
+    @classmethod
+    def resume(cls, record: dict[str, Any], schedule: Schedule, config: LearnConfig, train: TeacherData) -> "TrainState":
+        """The state saved in ``record`` (a checkpoint :func:`_load_checkpoint` accepted)."""
+        state = cls.start(schedule, config, record["base"], record["grid"], record["base_losses"], train)
+        state.model.load_state_dict(record["model"])
+        state.coef_opt.load_state_dict(record["coef_opt"])
+        if state.grid_opt is not None:
+            state.grid_opt.load_state_dict(record["grid_opt"])
+        state.gen.set_state(record["gen"])
+        state.x_prime = record["x_prime"]
+        for name in ("step", "history", "best_val", "best_state", "coef_steps", "grid_steps"):
+            setattr(state, name, record[name])
+        return state
+
+    def keep_if_best(self, val_loss: float) -> None:
+        """Selection: remember the parameters when the validation loss is the lowest so far."""
+        if val_loss < self.best_val:
+            self.best_val, self.best_state = val_loss, copy.deepcopy(self.model.state_dict())
+
+    def optimiser_step(self, config: LearnConfig, phase: str) -> None:
+        """Adam on the groups ``phase`` names, each with its own warm-up (and the run's decay)."""
+        if phase in ("coefficients", "joint"):
+            for g in self.coef_opt.param_groups:
+                g["lr"] = config.coefficient_lr * _lr_factor(self.coef_steps, config.warmup, self.step, config.steps,
+                                                             config.lr_decay)
+            self.coef_opt.step()
+            self.coef_steps += 1
+        if phase in ("grid", "joint") and self.grid_opt is not None:
+            for g in self.grid_opt.param_groups:
+                g["lr"] = config.grid_lr * _lr_factor(self.grid_steps, config.warmup, self.step, config.steps,
+                                                      config.lr_decay)
+            self.grid_opt.step()
+            self.grid_steps += 1
+
+
+def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherData, config: LearnConfig,
+                 run_dir: Optional[Path] = None, resume: bool = False, progress: bool = True,
+                 feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
+                 metadata: Optional[dict[str, Any]] = None,
+                 transform: Optional[Callable[[Tensor], Tensor]] = None,
+                 device: Optional[torch.device | str] = None) -> LearnResult:
+    """Learn a solver (see module doc). ``run_dir`` holds ``checkpoint.pt`` for ``resume``.
+
+    ``device``: where the model runs; the teacher data is moved there (default: where it is).
+    The learnable tables stay on the CPU (a few hundred numbers); the stepping loop moves them.
+
+    ``transform`` is applied to student and teacher outputs before the distance (e.g. a latent
+    pipeline's VAE decoder, to measure the loss in pixel space). ``config.loss = "auto"`` is L2 here
+    (a feature distance is chosen by :func:`s4s.learn`, which knows the model's data).
+    """
+    config = replace(config, loss=resolve_auto_loss(config.loss, feature_fn), lr=config.coefficient_lr)
+    config.validate()
+    t_start = time.time()
+    if device is not None:
+        train, val = train.to(device), val.to(device)
+    distance = make_distance(config.loss, feature_fn)
+    if transform is not None:
+        inner_distance = distance
+        distance = lambda x, y: inner_distance(transform(x), transform(y))  # noqa: E731
+    ckpt_path = None if run_dir is None else Path(run_dir) / "checkpoint.pt"
+    data_digest = _data_digest(train, val)
+    record = _load_checkpoint(ckpt_path, config, data_digest) if resume and ckpt_path is not None else None
+    if resume and record is None:
+        log.warning("no checkpoint to resume from in %s; starting afresh", run_dir)
+    sample_numel = math.prod(train.x_T.shape[1:])
+    use_ckpt = config.checkpoint if config.checkpoint is not None else sample_numel >= 4096
+
+    def validate_now(model: LearnableSolver) -> tuple[float, float]:
+        """(validation objective, validation MSE) of the current solver on held-out noise."""
+        solver = model.to_solver()
+        return _batched_loss(lambda x, c: solver.sample(denoiser, x, c, config.guidance, check_finite=False), distance, val,
+                             4 * config.batch_size, also_mse=True, clip=clip_of(denoiser))
+
+    if record is not None:
+        state = TrainState.resume(record, schedule, config, train)
+        log.info("resumed at step %d (best validation %.5g)", state.step, state.best_val)
+    else:
+        base, grid, base_losses = choose_base(denoiser, schedule, config, val, distance)
+        state = TrainState.start(schedule, config, base, grid, base_losses, train)
+        val_loss, val_mse = validate_now(state.model)
+        state.keep_if_best(val_loss)
+        state.history.append({"step": 0, "train_loss": None, "val_loss": val_loss, "val_mse": val_mse, "phase": "base"})
+        log.info("step 0 (base %s on %s grid): validation %s %.5g, RMSE %.5f", base, grid, config.loss, val_loss,
+                 math.sqrt(val_mse))
+    model = state.model
+    sigma_T = float(schedule.sigma(torch.tensor(float(model.t_ends[0]), dtype=torch.float64)))
+
+    def student(x: Tensor, cond: Optional[Tensor]) -> Tensor:
+        t, s, tables = model()
+        return integrate(lambda xx, ss: denoiser(xx, ss, cond, config.guidance), x, s, tables, checkpoint=use_ckpt)
+
+    stopped = None
+    running, count = 0.0, 0
+    bar = tqdm(total=config.steps, initial=state.step, desc=f"learn {config.method} nfe={config.nfe}",
+               disable=not progress)
+    while state.step < config.steps:
+        phase = phase_at(config, state.step)
+        idx = torch.randint(0, len(train), (config.batch_size,), generator=state.gen).to(train.x_T.device)
+        cond = None if train.cond is None else train.cond[idx]
+        x_in = train.x_T[idx] if state.x_prime is None else state.x_prime[idx].clone().requires_grad_(True)
+        loss = distance(student(x_in, cond), train.x0[idx]).mean()
+        if not bool(torch.isfinite(loss)):
+            stopped = (f"non-finite loss at step {state.step} ({loss.item()}); kept the best solver (validation "
+                       f"{state.best_val:.5g})")
+            log.error("%s", stopped)
+            break
+        state.coef_opt.zero_grad(set_to_none=True)
+        if state.grid_opt is not None:
+            state.grid_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimiser_step(config, phase)
+        if state.x_prime is not None:
+            with torch.no_grad():
+                state.x_prime[idx] = ball_step(x_in, train.x_T[idx], config.ball_radius, config.ball_lr, sigma_T)
+        running += loss.item()
+        count += 1
+        state.step += 1
+        bar.update(1)
+        if state.step % config.val_every == 0 or state.step == config.steps:
+            val_loss, val_mse = validate_now(model)
+            if not math.isfinite(val_loss):
+                stopped = (f"non-finite validation loss at step {state.step}; kept the best solver (validation "
+                           f"{state.best_val:.5g})")
+                log.error("%s", stopped)
+                break
+            state.history.append({"step": state.step, "train_loss": running / max(count, 1), "val_loss": val_loss,
+                                  "val_mse": val_mse, "phase": phase})
+            running, count = 0.0, 0
+            state.keep_if_best(val_loss)
+            bar.set_postfix(val=f"{val_loss:.4g}", best=f"{state.best_val:.4g}", val_rmse=f"{math.sqrt(val_mse):.4f}")
+            if ckpt_path is not None:
+                state.save(ckpt_path, config, data_digest)
+    bar.close()
+    return _result(state, config, metadata, time.time() - t_start, stopped)
+
+
+def _result(state: TrainState, config: LearnConfig, metadata: Optional[dict[str, Any]], seconds: float,
+            stopped: Optional[str]) -> LearnResult:
+    """The best-on-validation solver, with what it was learned from and how it scored, as a result."""
+    state.model.load_state_dict(state.best_state)
+    history = state.history
+    best_mse = next(h["val_mse"] for h in history if h["val_loss"] == state.best_val)
+    meta = {"method": config.method, "base": state.base, "grid_init": state.grid, "nfe": config.nfe, "loss": config.loss,
+            "guidance": config.guidance, "source": config.method, **(metadata or {}),
+            "val_loss": state.best_val, "base_val_loss": history[0]["val_loss"], "val_rmse": math.sqrt(best_mse),
+            "base_val_rmse": math.sqrt(history[0]["val_mse"]), "steps": state.step}
+    return LearnResult(state.model.to_solver(meta), history, state.base_losses, stopped, seconds, config)
+
+
+def save_run(result: LearnResult, run_dir: Path) -> None:
+    """Resolved config, history (JSON) and training/validation curves (PNG) in ``run_dir``."""
+    config = result.config
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=1) + "\n")
+    atomic_write_text(run_dir / "history.json", json.dumps({"history": result.history, "base_losses": result.base_losses,
+                                                            "stopped": result.stopped, "seconds": result.seconds,
+                                                            "teacher_seconds": result.teacher_seconds},
+                                                           indent=1) + "\n")
+    train_points = [(h["step"], h["train_loss"]) for h in result.history if h["train_loss"] is not None]
+    line_plot({f"train ({config.loss})": train_points,
+               f"validation ({config.loss})": [(h["step"], h["val_loss"]) for h in result.history]},
+              run_dir / "curves.png", "step", "loss", f"{config.method}, NFE {config.nfe}")
