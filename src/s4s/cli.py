@@ -28,6 +28,8 @@ ARG_RULES: dict[str, tuple[str, Any]] = {
     "teacher_samples": ("an integer >= 2", lambda v: v >= 2),
     "steps": ("an integer >= 1", lambda v: v >= 1),
     "batch_size": ("an integer >= 1", lambda v: v >= 1),
+    "teacher_batch_size": ("an integer >= 1", lambda v: v >= 1),
+    "val_every": ("an integer >= 1", lambda v: v >= 1),
     "seed": ("an integer >= 0", lambda v: v >= 0),
     "lr": ("a finite number > 0", lambda v: math.isfinite(v) and v > 0),
     "ball_radius": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
@@ -70,8 +72,12 @@ def json_text(value: Any) -> str:
 
 
 def emit(args: argparse.Namespace, result: Any, text: str) -> int:
-    """Print a command's result: one JSON document with ``--json``, else the human-readable ``text``."""
-    print(json_text(result) if getattr(args, "json", False) else text)
+    """Print a command's result (rank 0 only under torchrun): one JSON document with ``--json``, else the
+    human-readable ``text``."""
+    from s4s import distributed
+
+    if distributed.is_main():
+        print(json_text(result) if getattr(args, "json", False) else text)
     return 0
 
 
@@ -91,7 +97,8 @@ def _cmd_bench_baselines(args: argparse.Namespace) -> int:
 
 
 # s4s learn flag (dest) -> LearnConfig field; the flags left unset keep the preset's value.
-LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num_samples", "steps": "steps",
+LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num_samples",
+               "teacher_batch_size": "teacher_batch_size", "val_every": "val_every", "steps": "steps",
                "batch_size": "batch_size", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
                "ball_radius": "ball_radius", "base": "base", "grid": "grid", "learn_a": "learn_a",
                "decode_loss": "decode_loss", "guidance": "guidance", "seed": "seed"}
@@ -221,8 +228,10 @@ def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; anything else is checked to exist."""
     import torch
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    from s4s import distributed
+
+    if name == "auto" or (name == "cuda" and distributed.active()):
+        return distributed.local_device()  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
@@ -358,11 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "Dormand-Prince to a tolerance)", "teacher"))
     p.add_argument("--teacher-samples", type=int, default=None,
                    help=_preset_help("teacher noises, >= 2, learning and validation together", "num_samples"))
+    p.add_argument("--teacher-batch-size", type=int, default=None,
+                   help=_preset_help("noises per teacher batch (the unit of caching and of splitting over processes)",
+                                     "teacher_batch_size"))
     p.add_argument("--loss", default=None, choices=["auto", *LOSSES],
                    help=_preset_help("distance to the teacher; auto: perceptual where the model declares a data set "
                                      "s4s ships a perceptual network for, else l2", "loss"))
     p.add_argument("--steps", type=int, default=None, help=_preset_help("optimiser steps", "steps"))
     p.add_argument("--batch-size", type=int, default=None, help=_preset_help("teacher samples per step", "batch_size"))
+    p.add_argument("--val-every", type=int, default=None,
+                   help=_preset_help("steps between validations (and checkpoints)", "val_every"))
     p.add_argument("--lr", type=float, default=None,
                    help=f"Adam learning rate of the coefficients (default: {default_lr(1):g} up to NFE 6, "
                         f"{default_lr(7):g} above; docs/ablations_mnist.md)")
@@ -461,13 +475,23 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, Runtime
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one command; every failure is one line on stderr (the traceback only with ``-v``)."""
+    """Run one command; every failure is one line on stderr (the traceback only with ``-v``). Under
+    torchrun every rank runs it; rank 0 logs at INFO and prints, the others log warnings and errors."""
+    from s4s import distributed
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ok = False
     try:
         check_args(args)
-        return args.func(args)
+        if distributed.setup():
+            logging.getLogger().setLevel(logging.DEBUG if args.verbose else (
+                logging.INFO if distributed.is_main() else logging.WARNING))
+            log.info("running on %d processes (%s)", distributed.world_size(), distributed.backend_name())
+        code = args.func(args)
+        ok = True
+        return code
     except KeyboardInterrupt:
         log.error("interrupted (a learning run continues with --resume; cached teacher batches are kept)")
         return 130
@@ -484,6 +508,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.error("internal error (a bug in s4s; rerun with -v for the traceback): %s: %s", type(err).__name__,
                       first_line(err))
         return 1
+    finally:
+        distributed.teardown(wait=ok)
 
 
 if __name__ == "__main__":

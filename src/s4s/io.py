@@ -4,7 +4,9 @@
   and written to, and the path is not a folder; one ``ValueError`` names the problem.
 * :func:`atomic_write` / :func:`atomic_write_text` - write to a temporary file with a name unique to
   this process and call, then rename it over the target: a reader sees the old file or the new one,
-  never a part; concurrent writers never share a temporary file.
+  never a part; concurrent writers never share a temporary file. Under torchrun only rank 0 writes
+  results (every rank holds the same ones); ``all_ranks=True`` is for files each rank makes itself
+  (its teacher-cache batches).
 """
 
 from __future__ import annotations
@@ -46,9 +48,14 @@ def check_writable(path: str | Path, what: str = "output") -> Path:
     return path
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """``write(tmp)`` writes the content to a temporary file, which then replaces ``path`` in one rename."""
+def atomic_write(path: str | Path, write: Callable[[Path], None], all_ranks: bool = False) -> Path:
+    """``write(tmp)`` writes the content to a temporary file, which then replaces ``path`` in one rename
+    (on rank 0 only, unless ``all_ranks``)."""
+    from s4s import distributed
+
     path = Path(path)
+    if not (all_ranks or distributed.is_main()):
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = unique_tmp(path)
     try:
@@ -60,6 +67,6 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+def atomic_write_text(path: str | Path, text: str, all_ranks: bool = False) -> Path:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text), all_ranks)

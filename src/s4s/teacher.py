@@ -14,6 +14,7 @@ concurrent runs on one cache never see each other's half-written files.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from s4s import distributed
 from s4s.adaptive import rk45_sample
 from s4s.baselines import baseline
 from s4s.checks import NonFiniteError
@@ -117,6 +119,14 @@ def _digest(x: Tensor) -> str:
     return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+def _serialise(record: dict[str, Any]) -> bytes:
+    """``torch.save`` bytes of a cache record; saved to memory, not to the temporary file, because the
+    archive inside names the file it was written to."""
+    buf = io.BytesIO()
+    torch.save(record, buf)
+    return buf.getvalue()
+
+
 def _read_batch(path: Path, key: str, start: int, shape: tuple[int, ...]) -> Optional[Tensor]:
     """A cached teacher batch if it is intact and belongs to this request; else None (with a warning)."""
     try:
@@ -169,34 +179,47 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
         folder = check_writable_dir(Path(cache_dir) / key, "teacher cache folder")
         meta_path = folder / "meta.json"
         if not meta_path.exists():
-            atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True))
+            atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True), all_ranks=True)
         try:
             stored = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"teacher cache {meta_path} is unreadable ({err}); delete the folder") from None
         if stored != meta:
             raise ValueError(f"teacher cache {folder} was made for a different request; delete it or use another cache_dir")
-    outs, calls, computed = [], 0, 0
     starts = list(range(0, num_samples, batch_size))
+    counts = {"calls": 0, "computed": 0}
     t0 = time.time()
-    for start in tqdm(starts, desc=f"teacher {teacher}", disable=not progress):
+    bar = tqdm(total=len(starts), desc=f"teacher {teacher}", disable=not (progress and distributed.is_main()))
+
+    def make_batch(index: int) -> Tensor:
+        """Batch ``index`` of the request: from the cache when intact, else computed (and cached)."""
+        start = starts[index]
         stop = min(start + batch_size, num_samples)
         path = None if folder is None else folder / f"batch_{start:07d}.pt"
-        if path is not None and path.exists():
-            cached = _read_batch(path, key, start, (stop - start, *shape))
-            if cached is not None:
-                outs.append(cached)
-                continue
-        cond = None if labels is None else labels[start:stop].to(device)
-        with torch.no_grad():
-            x0, batch_calls = sampler(denoiser, x_T[start:stop].to(device), cond, guidance)
-            x0, calls, computed = x0.cpu(), calls + batch_calls, computed + 1
-        if not bool(torch.isfinite(x0).all()):
-            raise NonFiniteError(f"teacher {teacher} produced NaN/inf in samples {start}..{stop}")
-        if path is not None:  # atomic, unique temporary name: an interrupted batch is redone, never half-read
-            record = {"x0": x0, "key": key, "start": start, "stop": stop, "sha256": _digest(x0)}
-            atomic_write(path, lambda tmp: torch.save(record, tmp))
-        outs.append(x0)
+        try:
+            if path is not None and path.exists():
+                cached = _read_batch(path, key, start, (stop - start, *shape))
+                if cached is not None:
+                    return cached
+            cond = None if labels is None else labels[start:stop].to(device)
+            with torch.no_grad():
+                x0, batch_calls = sampler(denoiser, x_T[start:stop].to(device), cond, guidance)
+            x0 = x0.cpu()
+            counts["calls"] += batch_calls
+            counts["computed"] += 1
+            if not bool(torch.isfinite(x0).all()):
+                raise NonFiniteError(f"teacher {teacher} produced NaN/inf in samples {start}..{stop}")
+            if path is not None:  # atomic, unique temporary name: an interrupted batch is redone, never half-read
+                record = {"x0": x0, "key": key, "start": start, "stop": stop, "sha256": _digest(x0)}
+                data = _serialise(record)  # the same bytes whichever rank or temporary name writes it
+                atomic_write(path, lambda tmp: tmp.write_bytes(data), all_ranks=True)
+            return x0
+        finally:
+            bar.update(distributed.world_size())
+
+    outs = distributed.map_batches(make_batch, len(starts))  # split over the ranks under torchrun
+    bar.close()
+    calls, computed = counts["calls"], counts["computed"]
     log.info("teacher %s: %d samples in %.1f s%s%s", teacher, num_samples, time.time() - t0,
              f", {calls / computed:.0f} model calls per batch" if computed else "",
              f" (cache {folder})" if folder else "")

@@ -76,7 +76,9 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     for name, stats in (("first", a), ("second", b)):
         if not (bool(torch.isfinite(stats.mean).all()) and bool(torch.isfinite(stats.cov).all())):
             raise NonFiniteError(f"the {name} feature statistics contain NaN or inf")
-    metric = FrechetInceptionDistance(feature=_Identity(a.dim))
+    # sync_on_compute=False: under torchrun every rank holds the full statistics; summing them over ranks
+    # (torchmetrics' default) would count each sample once per process
+    metric = FrechetInceptionDistance(feature=_Identity(a.dim), sync_on_compute=False)
     metric.real_features_sum, metric.real_features_cov_sum, metric.real_features_num_samples = a._sums()
     metric.fake_features_sum, metric.fake_features_cov_sum, metric.fake_features_num_samples = b._sums()
     metric.orig_dtype = torch.float64

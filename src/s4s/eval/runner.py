@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from s4s import distributed
 from s4s.baselines import HeunSampler, baseline
 from s4s.eval.features import FeatureNetwork, feature_network_for
 from s4s.eval.frechet import FeatureStats, frechet_distance
@@ -69,25 +70,38 @@ def sampling_labels(model: LoadedModel, num_samples: int, guidance: Optional[flo
 
 def generate(model: LoadedModel, sampler: Sampler, num_samples: int, seed: int = 0, guidance: Optional[float] = None,
              batch_size: int = 500, progress: bool = True, labels: Optional[Tensor] = None) -> Tensor:
-    """``num_samples`` samples from the seeded noise of :func:`sample_noise` (float32, CPU)."""
+    """``num_samples`` samples from the seeded noise of :func:`sample_noise` (float32, CPU). Under torchrun
+    the batches are split over the ranks and every rank gets all samples."""
     x_T = sample_noise(model.schedule, num_samples, model.sample_shape, seed)
     device = model.device
-    outs = []
-    for start in tqdm(range(0, num_samples, batch_size), desc=f"sampling nfe={sampler.nfe}", disable=not progress):
-        stop = min(start + batch_size, num_samples)
+    starts = list(range(0, num_samples, batch_size))
+    bar = tqdm(total=len(starts), desc=f"sampling nfe={sampler.nfe}", disable=not (progress and distributed.is_main()))
+
+    def sample_batch(k: int) -> Tensor:
+        start, stop = starts[k], min(starts[k] + batch_size, num_samples)
         cond = None if labels is None else labels[start:stop].to(device)
         with torch.no_grad():
-            outs.append(sampler.sample(model.denoiser, x_T[start:stop].to(device), cond, guidance).float().cpu())
+            out = sampler.sample(model.denoiser, x_T[start:stop].to(device), cond, guidance).float().cpu()
+        bar.update(distributed.world_size())
+        return out
+
+    outs = distributed.map_batches(sample_batch, len(starts))
+    bar.close()
     return torch.cat(outs)
 
 
 def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 1000,
             device: Optional[torch.device] = None) -> Tensor:
     """``fn`` applied without gradients to ``x`` in batches along dim 0 (each batch moved to ``device``
-    when given), concatenated on the CPU."""
-    with torch.no_grad():
-        return torch.cat([fn(x[i:i + batch_size] if device is None else x[i:i + batch_size].to(device)).cpu()
-                          for i in range(0, x.shape[0], batch_size)])
+    when given), concatenated on the CPU; under torchrun the batches are split over the ranks."""
+    starts = list(range(0, x.shape[0], batch_size))
+
+    def one(k: int) -> Tensor:
+        part = x[starts[k]:starts[k] + batch_size]
+        with torch.no_grad():
+            return fn(part if device is None else part.to(device)).cpu()
+
+    return torch.cat(distributed.map_batches(one, len(starts)))
 
 
 def _decode(model: LoadedModel, samples: Tensor) -> Tensor:
@@ -106,6 +120,7 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
     model.check_guidance(guidance)
+    distributed.setup()  # under torchrun: join the launcher's process group if the script has not
     t0 = time.time()
     if feature_net is None and ("fd" in metrics or model.data is not None):  # declared data: class accuracy too
         feature_net = feature_network_for(model.image_shape, model.data, device=model.device)
@@ -141,7 +156,8 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
             teacher_feats = batched(feature_net.features, _decode(model, data.x0), device=feature_net.device)
             result["teacher_feature_l2"] = float((feats - teacher_feats).norm(dim=1).mean())
     if save_images is not None:
-        save_image_grid(images[:100], save_images, nrow=10)
+        if distributed.is_main():
+            save_image_grid(images[:100], save_images, nrow=10)
         result["images"] = str(save_images)
     result["sample_seconds"] = sample_seconds
     result["seconds"] = time.time() - t0

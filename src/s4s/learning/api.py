@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from s4s import distributed
 from s4s.denoisers import clip_of, device_of, fingerprint_of
 from s4s.learning.config import LearnConfig, preset_config
 from s4s.learning.trainer import LearnResult, save_run, train_solver
@@ -52,6 +53,10 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
     network of a ``feature`` / ``perceptual`` loss; ``decode`` (a latent pipeline's decoder, with
     ``decode_loss=True``) makes the loss compare decoded images. ``run_dir`` keeps the checkpoint,
     config, history and curves; ``resume`` continues from its checkpoint.
+
+    Under ``torchrun`` every process calls this with the same arguments (each with its model on its
+    own GPU); teacher batches, mini-batches and validation are split over them, and every process
+    returns the same result (docs/design.md §7).
     """
     base = config if config is not None else preset_config(preset)
     config = base.with_options(**options)
@@ -88,6 +93,7 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
         elif config.decode_loss:
             raise ValueError("decode_loss needs decode= (the latent pipeline's decoder)")
     config.validate()
+    distributed.setup()  # under torchrun: join the launcher's process group if the script has not
     if config.guidance is not None and labels is None and (teacher_data is None or teacher_data.cond is None):
         raise ValueError("guidance needs labels (a class-conditional model): without a condition there is nothing to "
                          "guide towards")

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from s4s import distributed
 from s4s.checks import first_line
 from s4s.denoisers import clip_of
 from s4s.grids import GRIDS, make_grid
@@ -102,15 +103,27 @@ class LearnResult:
 def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], distance, data: TeacherData,
                   batch_size: int, also_mse: bool = False, clip: Optional[tuple[float, float]] = None):
     """Mean ``distance`` over ``data`` (and the mean squared error too with ``also_mse``, of the outputs
-    clamped to ``clip`` when given: the model's data range, i.e. the images a user gets)."""
-    total, mse, n = 0.0, 0.0, len(data)
-    with torch.no_grad():
-        for i in range(0, n, batch_size):
+    clamped to ``clip`` when given: the model's data range, i.e. the images a user gets). Under torchrun
+    the batches are split over the ranks; the per-batch sums are added in batch order on every rank,
+    as one process adds them."""
+    n = len(data)
+    if distributed.active():  # at least one batch per rank
+        batch_size = min(batch_size, -(-n // distributed.world_size()))
+    starts = list(range(0, n, batch_size))
+
+    def sums(k: int) -> tuple[float, float]:
+        i = starts[k]
+        with torch.no_grad():
             cond = None if data.cond is None else data.cond[i:i + batch_size]
             out = solver_fn(data.x_T[i:i + batch_size], cond)
-            total += float(distance(out, data.x0[i:i + batch_size]).sum())
+            total = float(distance(out, data.x0[i:i + batch_size]).sum())
             shown = out if clip is None else out.clamp(*clip)
-            mse += float((shown - data.x0[i:i + batch_size]).pow(2).reshape(out.shape[0], -1).mean(1).sum())
+            return total, float((shown - data.x0[i:i + batch_size]).pow(2).reshape(out.shape[0], -1).mean(1).sum())
+
+    total, mse = 0.0, 0.0
+    for batch_total, batch_mse in distributed.map_batches(sums, len(starts)):
+        total += batch_total
+        mse += batch_mse
     return (total / n, mse / n) if also_mse else total / n
 
 
@@ -242,6 +255,9 @@ class TrainState:
                 "data": data_digest}
 
     def save(self, path: Path, config: LearnConfig, data_digest: str) -> None:
+        """Write the checkpoint (rank 0 only: every rank holds the same state)."""
+        if not distributed.is_main():
+            return
         record = self.record(config, data_digest)
         atomic_write(path, lambda tmp: torch.save(record, tmp))
 
@@ -338,16 +354,27 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
 
     stopped = None
     running, count = 0.0, 0
+    if distributed.world_size() > config.batch_size:
+        raise ValueError(f"batch_size {config.batch_size} is smaller than the number of processes "
+                         f"({distributed.world_size()}): every rank needs a share of each batch")
     bar = tqdm(total=config.steps, initial=state.step, desc=f"learn {config.method} nfe={config.nfe}",
-               disable=not progress)
+               disable=not (progress and distributed.is_main()))
     while state.step < config.steps:
         phase = phase_at(config, state.step)
         idx = torch.randint(0, len(train), (config.batch_size,), generator=state.gen).to(train.x_T.device)
+        if distributed.active():  # every rank drew the same idx; each takes its share of the batch
+            idx_all, idx = idx, idx[distributed.shard_slice(config.batch_size)]
         cond = None if train.cond is None else train.cond[idx]
         x_in = train.x_T[idx] if state.x_prime is None else state.x_prime[idx].clone().requires_grad_(True)
-        loss = distance(student(x_in, cond), train.x0[idx]).mean()
-        if not bool(torch.isfinite(loss)):
-            stopped = (f"non-finite loss at step {state.step} ({loss.item()}); kept the best solver (validation "
+        per_sample = distance(student(x_in, cond), train.x0[idx])
+        if distributed.active():
+            loss = per_sample.sum() / config.batch_size   # this rank's part of the global batch mean
+            loss_value = distributed.all_reduce_sum([loss.item()])[0]
+        else:
+            loss = per_sample.mean()
+            loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            stopped = (f"non-finite loss at step {state.step} ({loss_value}); kept the best solver (validation "
                        f"{state.best_val:.5g})")
             log.error("%s", stopped)
             break
@@ -355,15 +382,23 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
         if state.grid_opt is not None:
             state.grid_opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_([p.grad for p in model.parameters()])  # the same step on every rank
         state.optimiser_step(config, phase)
         if state.x_prime is not None:
             with torch.no_grad():
-                state.x_prime[idx] = ball_step(x_in, train.x_T[idx], config.ball_radius, config.ball_lr, sigma_T)
-        running += loss.item()
+                moved = ball_step(x_in, train.x_T[idx], config.ball_radius, config.ball_lr, sigma_T)
+                if distributed.active():  # every rank needs every moved input of the batch
+                    rows = torch.zeros((config.batch_size, *moved.shape[1:]), dtype=moved.dtype, device=moved.device)
+                    rows[distributed.shard_slice(config.batch_size)] = moved
+                    distributed.all_reduce_([rows])
+                    idx, moved = idx_all, rows
+                state.x_prime[idx] = moved
+        running += loss_value
         count += 1
         state.step += 1
         bar.update(1)
         if state.step % config.val_every == 0 or state.step == config.steps:
+            distributed.check_same_on_all_ranks(list(model.parameters()), "learned solver parameters")
             val_loss, val_mse = validate_now(model)
             if not math.isfinite(val_loss):
                 stopped = (f"non-finite validation loss at step {state.step}; kept the best solver (validation "
