@@ -16,6 +16,7 @@ from s4s.denoisers import Denoiser, fingerprint_module
 from s4s.grids import GRIDS, make_grid, validate_grid
 from s4s.schedules import EDM, Flow, Schedule, VPCosine, VPDiscrete, VPLinear, schedule_from_config, schedule_from_diffusers
 from s4s.solver import Solver, SolverFileError, Tables, integrate
+from s4s.family import GuidanceFamily, load_solver
 from s4s.testbed import GaussianMixture
 from s4s.teacher import TeacherData
 from s4s.learning import PRESETS, LearnConfig, LearnResult, learn
@@ -26,7 +27,7 @@ __all__ = [
     "Denoiser", "fingerprint_module",
     "make_grid", "validate_grid",
     "Schedule", "VPDiscrete", "VPLinear", "VPCosine", "EDM", "Flow", "schedule_from_config", "schedule_from_diffusers",
-    "Solver", "SolverFileError", "Tables", "integrate",
+    "Solver", "SolverFileError", "Tables", "integrate", "GuidanceFamily", "load_solver",
     "GaussianMixture",
     "learn", "LearnConfig", "LearnResult", "PRESETS", "TeacherData",
     "S4SScheduler", "ClassConditionalPipeline", "sample_s4s", "load_model", "bundled_model_path",

@@ -33,15 +33,25 @@ ARG_RULES: dict[str, tuple[str, Any]] = {
     "seed": ("an integer >= 0", lambda v: v >= 0),
     "lr": ("a finite number > 0", lambda v: math.isfinite(v) and v > 0),
     "ball_radius": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
-    "guidance": ("a finite number (or 'none' for s4s eval)",
-                 lambda v: v == NO_GUIDANCE or (isinstance(v, float) and math.isfinite(v))),
+    "guidance": ("a finite number, LO:HI with LO < HI (s4s learn: a guidance family), or 'none' (s4s eval)",
+                 lambda v: v == NO_GUIDANCE or (isinstance(v, float) and math.isfinite(v)) or (
+                     isinstance(v, tuple) and all(math.isfinite(x) for x in v) and v[0] < v[1])),
+    "anchors": ("an integer >= 2", lambda v: v >= 2),
+    "family": ("a range LO:HI with finite LO < HI", lambda v: isinstance(v, tuple) and all(math.isfinite(x) for x in v)
+               and v[0] < v[1]),
     "save_images": ("a .png file name", lambda v: Path(v).suffix.lower() == ".png"),
 }
 
 
 def guidance_arg(text: str) -> Any:
-    """``--guidance``: a number, or ``none`` (explicitly unguided)."""
-    return NO_GUIDANCE if text.strip().lower() == NO_GUIDANCE else float(text)
+    """``--guidance``: a number, ``LO:HI`` (a range, for a guidance family), or ``none`` (explicitly unguided)."""
+    text = text.strip().lower()
+    if text == NO_GUIDANCE:
+        return NO_GUIDANCE
+    if ":" in text:
+        lo, _, hi = text.partition(":")
+        return float(lo), float(hi)
+    return float(text)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -52,6 +62,8 @@ def check_args(args: argparse.Namespace) -> None:
             continue
         if dest == "guidance" and value == NO_GUIDANCE and args.command != "eval":
             raise ValueError("--guidance none is for s4s eval; leave --guidance out instead")
+        if dest == "guidance" and isinstance(value, tuple) and args.command != "learn":
+            raise ValueError("--guidance LO:HI (a range) is for s4s learn; evaluate a family at one scale, --guidance W")
         flag = f"--{dest.replace('_', '-')}"
         for v in value if isinstance(value, list) else [value]:
             if not ok(v):
@@ -101,14 +113,17 @@ LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num
                "teacher_batch_size": "teacher_batch_size", "val_every": "val_every", "steps": "steps",
                "batch_size": "batch_size", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
                "ball_radius": "ball_radius", "base": "base", "grid": "grid", "learn_a": "learn_a",
-               "decode_loss": "decode_loss", "guidance": "guidance", "seed": "seed"}
+               "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors", "seed": "seed"}
 
 
 def learn_config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~s4s.LearnConfig` the flags ask for: the preset with every given flag replacing its field."""
     from s4s.learning.config import preset_config
 
-    return preset_config(args.preset, nfe=args.nfe, **{field: getattr(args, dest) for dest, field in LEARN_FLAGS.items()})
+    options = {field: getattr(args, dest) for dest, field in LEARN_FLAGS.items()}
+    if isinstance(options["guidance"], tuple):  # --guidance LO:HI: one family for the range
+        options["guidance_range"], options["guidance"] = options["guidance"], None
+    return preset_config(args.preset, nfe=args.nfe, **options)
 
 
 def _cmd_learn(args: argparse.Namespace) -> int:
@@ -166,13 +181,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     earlier = load_cells([results]) if results.exists() and args.merge else []
     check_writable_dir(args.out, "--out")
     model = load_model(args.model, device=resolve_device(args.device), data=args.data)
-    model.check_guidance(args.guidance)
+    scales = args.guidance or []
+    if len(scales) > 1 or args.family is not None:
+        return _bench_guidance(args, model, scales)
+    guidance = scales[0] if scales else None
+    model.check_guidance(guidance)
     cells = run_model_bench(model, args.nfe, args.baselines, args.grids, args.methods, args.num_samples, args.out,
-                            seed=args.seed, guidance=args.guidance, preset=args.preset,
+                            seed=args.seed, guidance=guidance, preset=args.preset,
                             cache_dir=None if args.no_cache else default_cache_dir(),
                             teacher_metric=args.teacher_rmse, earlier=earlier)
     notes = [f"Model: {model.name}. FD in {feature_space_of(cells)} (lower is better), {args.num_samples} samples "
-             f"per cell, seed {args.seed}, guidance {args.guidance}. Baselines on their best grid of "
+             f"per cell, seed {args.seed}, guidance {guidance}. Baselines on their best grid of "
              f"{', '.join(args.grids)} (shown); learned solvers with preset '{args.preset}'. Bold: learned and better "
              "than every baseline at that NFE.", "",
              "Command: `s4s " + " ".join(sys.argv[1:]) + "`"]
@@ -180,6 +199,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     atomic_write_text(args.out / "bench.md", table)
     plot_fd(cells, args.out / "fd_vs_nfe.png", f"{model.name}: FD vs NFE")
     return emit(args, [asdict(c) for c in cells], table)
+
+
+def _bench_guidance(args: argparse.Namespace, model: Any, scales: list[float]) -> int:
+    """``s4s bench --guidance W1 W2 ... [--family LO:HI]``: per scale, baselines, single-scale learned
+    solvers and one guidance family (learned once) side by side."""
+    from dataclasses import asdict
+
+    from s4s.bench.model import feature_space_of, guidance_table, plot_fd_vs_guidance, run_guidance_bench
+
+    if not scales:
+        raise ValueError("--family needs the scales to evaluate at: --guidance W1 W2 ...")
+    family = args.family or (min(scales), max(scales))
+    if not isinstance(family, tuple):
+        raise ValueError("--family must be a range LO:HI")
+    outside = [w for w in scales if not family[0] <= w <= family[1]]
+    if outside:
+        raise ValueError(f"--guidance {outside} lie outside --family {family[0]:g}:{family[1]:g}")
+    model.check_guidance(scales[0])
+    cells = run_guidance_bench(model, args.nfe, args.baselines, args.grids, args.methods, scales, family,
+                               args.num_samples, args.out, seed=args.seed, preset=args.preset,
+                               cache_dir=None if args.no_cache else default_cache_dir())
+    notes = [f"Model: {model.name}. FD in {feature_space_of(cells)} / class accuracy, {args.num_samples} samples per "
+             f"cell, seed {args.seed}, class-balanced labels. Single-scale solvers learned at each scale, the family once "
+             f"for {family[0]:g}:{family[1]:g} (preset '{args.preset}'). Bold: learned and better than every baseline.",
+             "", "Command: `s4s " + " ".join(sys.argv[1:]) + "`"]
+    tables = []
+    for nfe in args.nfe:
+        tables.append(guidance_table(cells, nfe, f"NFE {nfe}: FD / accuracy against the guidance scale", notes))
+        plot_fd_vs_guidance(cells, nfe, args.out / f"fd_vs_guidance_nfe{nfe}.png", f"{model.name}, NFE {nfe}")
+    text = "\n".join(tables)
+    atomic_write_text(args.out / "bench.md", text)
+    return emit(args, [asdict(c) for c in cells], text)
 
 
 def _cmd_bench_report(args: argparse.Namespace) -> int:
@@ -261,9 +312,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.save_images.exists() and not args.force:
             raise ValueError(f"--save-images {args.save_images} exists; pass --force to overwrite it")
         check_writable(args.save_images, "--save-images")
+    from s4s.family import GuidanceFamily
+
     model = load_model(args.model, device=resolve_device(args.device), data=args.data)
     sampler = resolve_sampler(args.solver, model, args.nfe, args.grid)
     guidance = resolve_guidance(args.guidance, sampler)
+    if isinstance(sampler, GuidanceFamily):  # the ordinary solver of the family at this scale
+        sampler = sampler.at_guidance(guidance, clamp=args.clamp_guidance)
     feature_net = None
     if "fd" in metrics:
         feature_net = feature_network_for(model.image_shape, model.data, args.inception_weights, args.reference_stats,
@@ -287,6 +342,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def resolve_guidance(arg: Any, sampler: Any) -> Optional[float]:
     """``--guidance``: a scale, ``none`` (unguided), or absent: the scale the solver was learned with."""
+    from s4s.family import GuidanceFamily
+
+    if isinstance(sampler, GuidanceFamily) and arg in (None, NO_GUIDANCE):
+        lo, hi = sampler.guidance_range
+        raise ValueError(f"the solver is a guidance family: give the scale to sample at, --guidance W (W in "
+                         f"[{lo:g}, {hi:g}])")
     if arg == NO_GUIDANCE:
         return None
     if arg is not None:
@@ -387,7 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learn-a", action=argparse.BooleanOptionalAction, default=None,
                    help=_preset_help("also learn the state weights a (--no-learn-a: the paper's form)", "learn_a"))
     p.add_argument("--guidance", type=guidance_arg, default=None,
-                   help="classifier-free guidance scale to learn for (class-conditional models)")
+                   help="classifier-free guidance scale to learn for (class-conditional models), or LO:HI: one solver "
+                        "family for every scale in the range (docs/guidance.md)")
+    p.add_argument("--anchors", type=int, default=None,
+                   help=_preset_help("anchor scales of a guidance family (it learns at anchors and midpoints)", "anchors"))
     p.add_argument("--decode-loss", action="store_true", help="latent pipelines: measure the loss on decoded images "
                                                               "(default: on latents)")
     p.add_argument("--seed", type=int, default=None, help=_preset_help("seed of the teacher noise and of the batches",
@@ -412,7 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="*", default=["s4s", "s4s-alt", "s4s-alt-pc"], help="none: baselines only")
     p.add_argument("--num-samples", type=int, default=10000, help="samples per cell")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=guidance_arg, default=None, help="classifier-free guidance scale")
+    p.add_argument("--guidance", type=float, nargs="+", default=None,
+                   help="classifier-free guidance scale; several: a table per NFE of FD / accuracy against the scale, "
+                        "with single-scale solvers and a guidance family side by side")
+    p.add_argument("--family", type=guidance_arg, default=None,
+                   help="LO:HI, the range of the guidance family (default with several --guidance: their min:max)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="learning recipe of the learned cells")
     p.add_argument("--teacher-rmse", action="store_true", help="also measure RMSE to the teacher (costly)")
     p.add_argument("--no-cache", action="store_true", help="do not cache teacher samples")
@@ -444,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=guidance_arg, default=None,
                    help="classifier-free guidance scale (class-balanced labels); default: the scale a learned solver "
                         "records, else unguided; 'none': unguided")
+    p.add_argument("--clamp-guidance", action="store_true",
+                   help="a guidance family outside its learned range: use the nearest end (default: refused)")
     p.add_argument("--metrics", default="fd", help="comma list of: fd, teacher")
     p.add_argument("--teacher", default="unipc_bh2:100", help="NAME:NFE or rk45:TOL, the reference solver for "
                                                               "--metrics teacher")

@@ -36,14 +36,30 @@ from s4s.grids import validate_grid
 from s4s.io import atomic_write_text
 from s4s.schedules import Schedule, schedule_from_config
 
-__all__ = ["Tables", "Solver", "SolverFileError", "names_solver_file", "NonFiniteError", "Recurrence", "integrate", "weighted_sum", "FORMAT",
+__all__ = ["Tables", "Solver", "SolverFileError", "names_solver_file", "read_solver_json", "NonFiniteError", "Recurrence", "integrate", "weighted_sum", "FORMAT",
            "FORMAT_VERSION", "MAX_COEFFICIENT"]
 
 FORMAT = "s4s.solver"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2 added guidance families (s4s.family); single solvers are unchanged from 1
+READABLE_VERSIONS = (1, 2)
 MAX_COEFFICIENT = 1e6  # no sane solver weighs a state or model output by more; larger is corruption or divergence
 
 ModelCall = Callable[[Tensor, Tensor], Tensor]
+
+
+def read_solver_json(path: str | Path) -> Any:
+    """The parsed JSON of a solver file; a missing, unreadable or non-JSON file is one :class:`SolverFileError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise SolverFileError(f"{path} is a folder, not a solver file")
+    try:
+        return json.loads(path.read_text(), parse_constant=lambda c: math.nan)
+    except FileNotFoundError:
+        raise SolverFileError(f"{path}: no such solver file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SolverFileError(f"{path}: cannot read the solver file: {err}") from None
+    except json.JSONDecodeError as err:
+        raise SolverFileError(f"{path}: not valid JSON (truncated or corrupted?): {err}") from err
 
 
 def names_solver_file(spec: str | Path) -> bool:
@@ -310,8 +326,11 @@ class Solver:
         if data.get("format") != FORMAT:
             raise SolverFileError(f"not an s4s solver (format {data.get('format')!r}, expected {FORMAT!r})")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise SolverFileError(f"unknown format_version {version!r}; this s4s reads version {FORMAT_VERSION}")
+        if version not in READABLE_VERSIONS:
+            raise SolverFileError(f"unknown format_version {version!r}; this s4s reads versions {list(READABLE_VERSIONS)}")
+        if data.get("kind") == "guidance_family":
+            raise SolverFileError("this file holds a guidance family, not one solver: load it with s4s.load_solver or "
+                                  "s4s.GuidanceFamily.load")
         missing = [k for k in ("grid", "input_times", "predictor") if k not in data]
         if missing:
             raise SolverFileError(f"missing field(s): {', '.join(missing)}")
@@ -358,17 +377,7 @@ class Solver:
     @classmethod
     def load(cls, path: str | Path) -> "Solver":
         """Read a solver written by :meth:`save`; any defect raises :class:`SolverFileError`."""
-        path = Path(path)
-        if path.is_dir():
-            raise SolverFileError(f"{path} is a folder, not a solver file")
-        try:
-            data = json.loads(path.read_text(), parse_constant=lambda c: math.nan)
-        except FileNotFoundError:
-            raise SolverFileError(f"{path}: no such solver file") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise SolverFileError(f"{path}: cannot read the solver file: {err}") from None
-        except json.JSONDecodeError as err:
-            raise SolverFileError(f"{path}: not valid JSON (truncated or corrupted?): {err}") from err
+        data = read_solver_json(path)
         try:
             return cls.from_dict(data)
         except SolverFileError as err:

@@ -32,8 +32,8 @@ from s4s.plotting import line_plot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchCell", "run_model_bench", "markdown_table", "plot_fd", "peak_memory_mb", "load_cells",
-           "save_cells"]
+__all__ = ["BenchCell", "run_model_bench", "run_guidance_bench", "markdown_table", "guidance_table", "plot_fd",
+           "plot_fd_vs_guidance", "peak_memory_mb", "load_cells", "save_cells"]
 
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (Linux ru_maxrss is in KiB)."""
@@ -52,6 +52,8 @@ class BenchCell:
     learn_seconds: Optional[float] = None
     solver_file: Optional[str] = None
     feature_space: Optional[str] = None   # the features the FD is computed in
+    guidance: Optional[float] = None      # the classifier-free guidance scale sampled at
+    accuracy: Optional[float] = None      # the classifier's accuracy on the requested classes (guided only)
 
 
 def feature_space_of(cells: Sequence[BenchCell]) -> str:
@@ -108,7 +110,7 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
                 r = evaluate(model, sampler, num_samples, seed, guidance, metrics, config.teacher, feature_net=feature_net,
                              cache_dir=cache_dir, progress=progress, solver_label=name)
                 cell = BenchCell(name, "baseline", nfe, grid, r["fd"], r["teacher_rmse"], r["seconds"],
-                                 feature_space=r["feature_space"])
+                                 feature_space=r["feature_space"], guidance=guidance, accuracy=r["accuracy"])
                 log.info("NFE %d %s/%s: FD %.3f", nfe, name, grid, cell.fd)
                 if best is None or cell.fd < best.fd:
                     best = cell
@@ -126,7 +128,7 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
             label = learned_label(res.solver.metadata)
             cells.append(BenchCell(label, "learned", nfe, f"learned from {res.solver.metadata['base']}/"
                                    f"{res.solver.metadata['grid_init']}", r["fd"], r["teacher_rmse"], r["seconds"],
-                                   res.seconds, str(path), r["feature_space"]))
+                                   res.seconds, str(path), r["feature_space"], guidance, r["accuracy"]))
             save_results()
             log.info("NFE %d %s: FD %.3f (learned in %.0f s)", nfe, method, r["fd"], res.seconds)
             shown[label] = res.solver
@@ -136,6 +138,78 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
             save_labelled_rows(rows, list(shown), out_dir / f"samples_nfe{nfe}.png", f"NFE {nfe}, same noise")
     save_results()
     return merged()
+
+
+def run_guidance_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence[str], grids: Sequence[str],
+                       methods: Sequence[str], scales: Sequence[float], family_range: tuple[float, float],
+                       num_samples: int, out_dir: Path, seed: int = 0, preset: str = "default",
+                       cache_dir: Optional[Path] = None, progress: bool = True) -> list[BenchCell]:
+    """FD and class accuracy per guidance scale: at every scale in ``scales`` the baselines and the
+    solvers learned at that one scale (:func:`run_model_bench`, under ``out_dir/w<scale>``), and, per
+    method and NFE, one guidance family learned once for ``family_range`` and evaluated at every scale.
+    Writes ``results.json`` (every cell with its ``guidance``) and returns the cells."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells: list[BenchCell] = []
+    for w in scales:
+        cells += run_model_bench(model, nfes, baselines, grids, methods, num_samples, out_dir / f"w{w:g}", seed=seed,
+                                 guidance=w, preset=preset, cache_dir=cache_dir, progress=progress)
+        save_cells(cells, out_dir / "results.json")
+    feature_net = feature_network_for(model.image_shape, model.data, device=model.device)
+    config = preset_config(preset).with_options(seed=seed, guidance_range=tuple(family_range))
+    for nfe in nfes:
+        for method in methods:
+            res = learn(model, nfe=nfe, config=config, method=method, run_dir=out_dir / f"family-{method}-nfe{nfe}",
+                        cache_dir=cache_dir, cache=cache_dir is not None, progress=progress)
+            path = res.solver.save(out_dir / f"family-{method}-nfe{nfe}.json")
+            label = f"{learned_label(res.solver.metadata)} family {family_range[0]:g}:{family_range[1]:g}"
+            for w in scales:
+                r = evaluate(model, res.solver.at_guidance(w), num_samples, seed, w, ["fd"], feature_net=feature_net,
+                             progress=progress, solver_label=label)
+                cells.append(BenchCell(label, "learned", nfe, f"learned from {res.base}/{res.grid}", r["fd"], None,
+                                       r["seconds"], res.seconds + res.teacher_seconds, str(path), r["feature_space"],
+                                       w, r["accuracy"]))
+                log.info("NFE %d %s at guidance %g: FD %.3f", nfe, label, w, r["fd"])
+                save_cells(cells, out_dir / "results.json")
+    return cells
+
+
+def guidance_table(cells: Sequence[BenchCell], nfe: int, title: str, notes: Sequence[str] = ()) -> str:
+    """Markdown: one row per solver, one column per guidance scale, ``FD / accuracy``; the best
+    hand-designed solver at each scale gets a row of its own (named in the cell); bold: the best
+    learned cell per scale when it beats every hand-designed one."""
+    at = [c for c in cells if c.nfe == nfe and c.guidance is not None]
+    scales = sorted({c.guidance for c in at})
+    fmt = lambda c: f"{c.fd:.2f}" + ("" if c.accuracy is None else f" / {c.accuracy:.3f}")  # noqa: E731
+    best_base = {w: min((c for c in at if c.guidance == w and c.kind == "baseline"), key=lambda c: c.fd, default=None)
+                 for w in scales}
+    lines = [f"# {title}", "", *notes, "", "| solver | " + " | ".join(f"w = {w:g}" for w in scales) + " |",
+             "|---|" + "---|" * len(scales)]
+    row = [f"{best_base[w].method} {fmt(best_base[w])}" if best_base[w] else "–" for w in scales]
+    lines.append("| best hand-designed (named) | " + " | ".join(row) + " |")
+    for label in dict.fromkeys(c.method for c in at if c.kind == "learned"):
+        by_w = {c.guidance: c for c in at if c.method == label}
+        row = []
+        for w in scales:
+            c = by_w.get(w)
+            if c is None:
+                row.append("–")
+                continue
+            bold = best_base[w] is not None and c.fd < best_base[w].fd
+            row.append(f"**{fmt(c)}**" if bold else fmt(c))
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_fd_vs_guidance(cells: Sequence[BenchCell], nfe: int, path: Path, title: str) -> Optional[Path]:
+    """FD vs guidance scale, one line per learned solver and one for the best hand-designed solver."""
+    at = [c for c in cells if c.nfe == nfe and c.guidance is not None]
+    scales = sorted({c.guidance for c in at})
+    series = {"best hand-designed": [(w, min(c.fd for c in at if c.guidance == w and c.kind == "baseline"))
+                                     for w in scales if any(c.guidance == w and c.kind == "baseline" for c in at)]}
+    for label in dict.fromkeys(c.method for c in at if c.kind == "learned"):
+        series[label] = sorted((c.guidance, c.fd) for c in at if c.method == label)
+    styles = {k: ({"lw": 1.2, "ls": "--"} if k == "best hand-designed" else {"lw": 2.0}) for k in series}
+    return line_plot(series, path, "guidance scale w", f"FD ({feature_space_of(at)})", title, styles=styles)
 
 
 def save_cells(cells: Sequence[BenchCell], path: Path) -> None:
@@ -153,11 +227,12 @@ def cell_from_eval(result: dict[str, Any]) -> BenchCell:
     """A bench cell from one ``s4s eval --json`` result; a learned solver file named by its
     ``solver`` key gives the method and base (as ``s4s bench`` labels learned cells)."""
     from s4s.learning.config import METHODS
-    from s4s.solver import Solver, names_solver_file
+    from s4s.family import load_solver
+    from s4s.solver import names_solver_file
 
     label, path = result["solver"], Path(str(result["solver"]))
     if names_solver_file(path) and path.is_file():
-        meta = Solver.load(path).metadata
+        meta = load_solver(path).metadata
         if meta.get("method") in METHODS:
             return BenchCell(learned_label(meta), "learned", int(result["nfe"]), f"learned from {meta.get('base')}/"
                              f"{meta.get('grid_init')}", result["fd"], result.get("teacher_rmse"), result["seconds"],

@@ -32,20 +32,21 @@ from s4s.eval.images import save_image_grid
 from s4s.denoisers import clip_of
 from s4s.teacher import DEFAULT_TEACHER, make_teacher_data, sample_noise
 from s4s.models import LoadedModel
+from s4s.family import GuidanceFamily, load_solver
 from s4s.solver import Solver, names_solver_file
 
 log = logging.getLogger(__name__)
 
 __all__ = ["resolve_sampler", "generate", "evaluate", "batched", "METRICS"]
 
-Sampler = Union[Solver, HeunSampler]
+Sampler = Union[Solver, HeunSampler, GuidanceFamily]
 METRICS = ("fd", "teacher")
 
 
 def resolve_sampler(spec: str, model: LoadedModel, nfe: Optional[int] = None, grid: str = "logsnr") -> Sampler:
     """A solver file (``*.json``) or a baseline name with ``nfe`` on ``grid``."""
     if names_solver_file(spec):
-        solver = Solver.load(spec)
+        solver = load_solver(spec)
         if nfe is not None and nfe != solver.nfe:
             raise ValueError(f"{spec} is a {solver.nfe}-NFE solver; --nfe {nfe} asks for another")
         if solver.schedule is not None and solver.schedule != model.schedule:

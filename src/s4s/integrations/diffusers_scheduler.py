@@ -153,10 +153,27 @@ class S4SScheduler(SchedulerMixin, ConfigMixin):
 
     # --- construction ----------------------------------------------------------------------
     @classmethod
-    def from_solver(cls, solver: Solver, base_scheduler: Any = None, **overrides: Any) -> "S4SScheduler":
+    def from_solver(cls, solver: Solver, base_scheduler: Any = None, guidance: Optional[float] = None,
+                    **overrides: Any) -> "S4SScheduler":
         """Wrap ``solver``. ``base_scheduler`` (the pipeline's scheduler or its config) gives the
         prediction type, clamp and timestep convention, and must describe the solver's schedule.
-        Without it, a flow solver is taken as a velocity model; a VP solver needs ``prediction_type=``."""
+        Without it, a flow solver is taken as a velocity model; a VP solver needs ``prediction_type=``.
+
+        A :class:`~s4s.family.GuidanceFamily` needs ``guidance=``: the ``guidance_scale`` the pipeline will
+        be called with (a scheduler never sees it); the scheduler then runs ``family.at_guidance(w)``.
+        Changing the pipeline's scale means a new scheduler: ``from_solver(family, pipe.scheduler,
+        guidance=new_w)``."""
+        from s4s.family import GuidanceFamily
+
+        if isinstance(solver, GuidanceFamily):
+            if guidance is None:
+                lo, hi = solver.guidance_range
+                raise ValueError(f"a guidance family needs the pipeline's guidance_scale: from_solver(family, "
+                                 f"pipe.scheduler, guidance=w) with w in [{lo:g}, {hi:g}]")
+            solver = solver.at_guidance(guidance)
+        elif guidance is not None and solver.metadata.get("guidance") not in (None, guidance):
+            log.warning("this solver was learned for guidance %g; the pipeline will use %g (a guidance family, "
+                        "s4s learn --guidance LO:HI, serves a range)", solver.metadata["guidance"], guidance)
         if solver.schedule is None:
             raise ValueError("the solver must record its noise schedule")
         if base_scheduler is None and not isinstance(solver.schedule, Flow) and overrides.get("prediction_type") is None:

@@ -18,7 +18,8 @@ from torch import Tensor
 from s4s import distributed
 from s4s.denoisers import clip_of, device_of, fingerprint_of
 from s4s.learning.config import LearnConfig, preset_config
-from s4s.learning.trainer import LearnResult, save_run, train_solver
+from s4s.family import anchor_scales, training_scales
+from s4s.learning.trainer import Condition, LearnResult, save_run, train_family, train_solver
 from s4s.models import LoadedModel
 from s4s.schedules import Schedule
 from s4s.teacher import TeacherData, default_cache_dir, make_teacher_data
@@ -78,7 +79,8 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
             loss, feature_fn = resolve_loss(model, config.loss)
             config = config.with_options(loss=loss)
         if labels is None and teacher_data is None:
-            labels = model.labels(config.num_samples, guided=config.guidance is not None)
+            labels = model.labels(_noises_per_scale(config),
+                                  guided=config.guidance is not None or config.guidance_range is not None)
         denoiser: Callable[..., Tensor] = model.denoiser
     else:
         denoiser = model
@@ -94,10 +96,16 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
             raise ValueError("decode_loss needs decode= (the latent pipeline's decoder)")
     config.validate()
     distributed.setup()  # under torchrun: join the launcher's process group if the script has not
-    if config.guidance is not None and labels is None and (teacher_data is None or teacher_data.cond is None):
+    guided = config.guidance is not None or config.guidance_range is not None
+    if guided and labels is None and (teacher_data is None or teacher_data.cond is None):
         raise ValueError("guidance needs labels (a class-conditional model): without a condition there is nothing to "
                          "guide towards")
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if config.guidance_range is not None:
+        if teacher_data is not None:
+            raise ValueError("teacher_data cannot be given for a guidance range: the teacher runs at each training scale")
+        return _learn_family(denoiser, schedule, tuple(shape), config, labels, feature_fn, decode, cache, cache_dir,
+                             run_dir, resume, progress, device)
     teacher_seconds = 0.0
     if teacher_data is None:
         t0 = time.time()
@@ -117,6 +125,53 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
         meta["loss_space"] = "decoded"
     result = train_solver(denoiser, schedule, train, val, config, run_dir, resume, progress, feature_fn, meta, decode,
                           device=device)
+    result.teacher_seconds = teacher_seconds
+    if run_dir is not None:
+        save_run(result, Path(run_dir))
+    return result
+
+
+def _noises_per_scale(config: LearnConfig) -> int:
+    """Teacher noises per training scale: all of them for one scale; for a family the same
+    ``num_samples // (2 anchors - 1)`` noises at every training scale (so the teacher costs what one
+    scale's would)."""
+    if config.guidance_range is None:
+        return config.num_samples
+    return config.num_samples // (2 * config.anchors - 1)
+
+
+def _learn_family(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tuple[int, ...], config: LearnConfig,
+                  labels: Optional[Tensor], feature_fn: Optional[Callable[[Tensor], Tensor]],
+                  decode: Optional[Callable[[Tensor], Tensor]], cache: bool, cache_dir: Optional[Path],
+                  run_dir: Optional[Path], resume: bool, progress: bool, device: torch.device) -> LearnResult:
+    """A guidance family: teacher data at every training scale (same noises and labels), then
+    :func:`~s4s.learning.trainer.train_family`."""
+    lo, hi = (float(v) for v in config.guidance_range)
+    anchors, scales = anchor_scales(lo, hi, config.anchors), training_scales(lo, hi, config.anchors)
+    per = _noises_per_scale(config)
+    if labels is not None and labels.shape[0] != per:
+        raise ValueError(f"a guidance family uses {per} noises at each of its {len(scales)} training scales "
+                         f"(num_samples // {len(scales)}); give {per} labels, got {labels.shape[0]}")
+    t0 = time.time()
+    conditions = []
+    for w in scales:
+        data = make_teacher_data(
+            denoiser, schedule, shape, num_samples=per, teacher=config.teacher, seed=config.seed + LEARN_SEED_OFFSET,
+            labels=labels, guidance=w, batch_size=config.teacher_batch_size,
+            cache_dir=(cache_dir or default_cache_dir()) if cache else None, progress=progress, device=device)
+        n_val = max(1, int(round(per * config.val_fraction)))
+        if per - n_val < 1:
+            raise ValueError(f"{per} teacher samples per scale leave none for training")
+        train, val = data.split(per - n_val)
+        conditions.append(Condition(w, train, val))
+    teacher_seconds = time.time() - t0
+    meta = {"teacher": config.teacher, "num_samples": per * len(scales), "model_fingerprint": fingerprint_of(denoiser),
+            "denoiser_clip": clip_of(denoiser), "guidance_range": [lo, hi], "anchors": anchors,
+            "training_scales": scales}
+    if decode is not None:
+        meta["loss_space"] = "decoded"
+    result = train_family(denoiser, schedule, conditions, anchors, config, run_dir, resume, progress, feature_fn, meta,
+                          decode, device=device)
     result.teacher_seconds = teacher_seconds
     if run_dir is not None:
         save_run(result, Path(run_dir))

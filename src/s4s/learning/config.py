@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Optional
 
 from s4s.baselines import BASELINES
+from s4s.family import anchor_scales
 from s4s.grids import GRIDS
 from s4s.learning.objectives import LOSSES
 from s4s.teacher import DEFAULT_TEACHER, parse_teacher
@@ -73,6 +74,8 @@ class LearnConfig:
     ball_radius: float = 0.0           # relaxed objective (LD3): RMS radius in units of sigma_T; 0 = plain
     ball_lr: float = 0.05
     guidance: Optional[float] = None   # classifier-free guidance scale learned for
+    guidance_range: Optional[tuple[float, float]] = None   # or a range: one solver family for every scale in it
+    anchors: int = 3                   # anchor scales of a family (learned at anchors and midpoints)
     seed: int = 0
     checkpoint: Optional[bool] = None  # per-call activation checkpointing; None: on for samples >= 4096 values
 
@@ -134,6 +137,17 @@ class LearnConfig:
             raise ValueError(f"ball_radius must be a finite number >= 0, got {self.ball_radius}")
         if self.guidance is not None and not math.isfinite(self.guidance):
             raise ValueError(f"guidance must be a finite number, got {self.guidance}")
+        if self.guidance_range is not None:
+            if self.guidance is not None:
+                raise ValueError("give either guidance (one scale) or guidance_range (a family), not both")
+            lo, hi = self.guidance_range
+            anchor_scales(float(lo), float(hi), self.anchors)
+            if self.ball_radius > 0:
+                raise ValueError("the relaxed objective (ball_radius > 0) is not available for guidance families")
+            per = self.num_samples // (2 * self.anchors - 1)
+            if per < 2:
+                raise ValueError(f"num_samples {self.num_samples} gives {per} noises for each of the "
+                                 f"{2 * self.anchors - 1} training scales; need >= 2 each")
 
 
 PRESETS: dict[str, LearnConfig] = {

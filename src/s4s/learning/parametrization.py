@@ -20,6 +20,7 @@ predictor row), so step 0 is still exactly the base solver.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Optional
 
@@ -28,9 +29,10 @@ from torch import Tensor, nn
 
 from s4s.baselines import BASELINES, GridPoints, build_tables
 from s4s.schedules import Schedule
+from s4s.family import GuidanceFamily, interval, mix
 from s4s.solver import Solver, Tables
 
-__all__ = ["LearnableSolver"]
+__all__ = ["LearnableSolver", "GuidanceFamilyModule"]
 
 
 def _identity_corrector(tables: Tables) -> Tables:
@@ -87,8 +89,8 @@ class LearnableSolver(nn.Module):
     def forward(self) -> tuple[Tensor, Tensor, Tables]:
         lam = self.lambdas()
         pts = GridPoints.from_lambda(self.schedule, lam)
-        t = torch.cat([self.t_ends[:1], pts.t[1:-1], self.t_ends[1:]])
-        pts.t = t
+        t = torch.cat([self.t_ends[:1], pts.t[1:-1], self.t_ends[1:]])  # the ends exactly as given
+        pts = dataclasses.replace(pts, t=t)
         lam_in = torch.minimum(torch.maximum(lam[:-1] + self.input_shift, self.lam_ends[0]), self.lam_ends[1])
         s = self.schedule.t_from_lambda(lam_in)
         base = build_tables(self.base, pts, **self.base_options)
@@ -102,9 +104,48 @@ class LearnableSolver(nn.Module):
             bc = bc + self.dbc * self.mask_corr_b
         return t, s, Tables(a, b, ac, bc)
 
+    def at(self, guidance: Optional[float]) -> tuple[Tensor, Tensor, Tables]:
+        """``(grid, input times, tables)``; one solver serves every scale (``guidance`` is not used)."""
+        return self()
+
+    def solver_at(self, guidance: Optional[float]) -> Solver:
+        return self.to_solver()
+
     def to_solver(self, metadata: Optional[dict[str, Any]] = None) -> Solver:
         with torch.no_grad():
             t, s, tables = self()
         detach = lambda v: None if v is None else v.detach().clone()  # noqa: E731
         return Solver(t.detach().clone(), Tables(*(detach(v) for v in (tables.a, tables.b, tables.ac, tables.bc))),
                       s.detach().clone(), self.schedule, dict(metadata or {}))
+
+
+class GuidanceFamilyModule(nn.Module):
+    """Learnable solvers at anchor guidance scales; at a scale ``w`` the interpolation of the two
+    neighbouring anchors (:func:`s4s.family.mix`), differentiable in both."""
+
+    def __init__(self, scales: list[float], members: list[LearnableSolver]):
+        super().__init__()
+        if len(scales) != len(members) or len(scales) < 2:
+            raise ValueError("one learnable solver per anchor scale, at least two")
+        self.scales = [float(w) for w in scales]
+        self.members = nn.ModuleList(members)
+
+    @property
+    def t_ends(self) -> Tensor:
+        return self.members[0].t_ends
+
+    def coefficient_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.members for p in m.coefficient_parameters()]
+
+    def grid_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.members for p in m.grid_parameters()]
+
+    def at(self, guidance: float) -> tuple[Tensor, Tensor, Tables]:
+        k, u = interval(self.scales, guidance)
+        return mix(self.members[k](), self.members[k + 1](), u)
+
+    def solver_at(self, guidance: float) -> Solver:
+        return self.to_solver().at_guidance(guidance)
+
+    def to_solver(self, metadata: Optional[dict[str, Any]] = None) -> GuidanceFamily:
+        return GuidanceFamily(self.scales, [m.to_solver() for m in self.members], dict(metadata or {}))

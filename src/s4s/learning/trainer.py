@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from s4s import distributed
@@ -47,7 +47,7 @@ from s4s.grids import GRIDS, make_grid
 from s4s.io import atomic_write, atomic_write_text
 from s4s.learning.config import LearnConfig
 from s4s.learning.objectives import make_distance, resolve_auto_loss
-from s4s.learning.parametrization import LearnableSolver
+from s4s.learning.parametrization import GuidanceFamilyModule, LearnableSolver
 from s4s.teacher import TeacherData
 from s4s.plotting import line_plot
 from s4s.schedules import Schedule
@@ -55,7 +55,7 @@ from s4s.solver import NonFiniteError, Solver, integrate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LearnResult", "train_solver", "choose_base", "save_run", "phase_at"]
+__all__ = ["LearnResult", "Condition", "train_solver", "train_family", "choose_base", "save_run", "phase_at"]
 # Bases "auto" chooses from. Linear-multistep methods start from predictor-only solvers (UniP, not
 # UniPC): a base's own corrector, kept fixed under learned predictor rows, learned worse solvers on the
 # bundled eps model (docs/ablations_mnist.md). The -pc methods learn a corrector and start from UniPC itself.
@@ -127,8 +127,20 @@ def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], dista
     return (total / n, mse / n) if also_mse else total / n
 
 
-def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: TeacherData, distance) -> tuple[str, str, dict[str, float]]:
-    """The (base, grid) pair with the lowest validation loss at this NFE (docs/design.md §5.5)."""
+@dataclass
+class Condition:
+    """One guidance scale a run learns at, with its teacher data (a single-scale run has one)."""
+
+    guidance: Optional[float]
+    train: TeacherData
+    val: TeacherData
+
+
+def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: Optional[TeacherData], distance,
+                conditions: Optional[list[Condition]] = None) -> tuple[str, str, dict[str, float]]:
+    """The (base, grid) pair with the lowest validation loss at this NFE (docs/design.md §5.5); over
+    several ``conditions`` (guidance scales), the lowest mean."""
+    conditions = conditions or [Condition(config.guidance, val, val)]
     bases = (BASE_CANDIDATES_PC if config.corrector else BASE_CANDIDATES) if config.base == "auto" else (config.base,)
     grids = tuple(GRIDS) if config.grid == "auto" else (config.grid,)
     losses: dict[str, float] = {}
@@ -136,8 +148,11 @@ def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: TeacherD
         for grid in grids:
             model = LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector)
             solver = model.to_solver()
-            fn = lambda x, c: solver.sample(denoiser, x, c, config.guidance, check_finite=False)  # noqa: E731
-            losses[f"{base}/{grid}"] = _batched_loss(fn, distance, val, 4 * config.batch_size)
+            total = 0.0
+            for c in conditions:
+                fn = lambda x, cond, w=c.guidance: solver.sample(denoiser, x, cond, w, check_finite=False)  # noqa: E731
+                total += _batched_loss(fn, distance, c.val, 4 * config.batch_size)
+            losses[f"{base}/{grid}"] = total / len(conditions)
     finite = {k: v for k, v in losses.items() if math.isfinite(v)}
     if not finite:
         raise NonFiniteError(f"every base solver gives NaN/inf on the validation noise ({', '.join(losses)}): "
@@ -236,10 +251,9 @@ class TrainState:
     best_state: Optional[dict[str, Tensor]] = None
 
     @classmethod
-    def start(cls, schedule: Schedule, config: LearnConfig, base: str, grid: str, base_losses: dict[str, float],
+    def start(cls, model: nn.Module, config: LearnConfig, base: str, grid: str, base_losses: dict[str, float],
               train: TeacherData) -> "TrainState":
-        model = LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector,
-                                learn_a=config.learn_a)
+        """A fresh state for ``model`` (a :class:`LearnableSolver` or a family of them)."""
         coef_opt = torch.optim.Adam(model.coefficient_parameters(), lr=config.coefficient_lr)
         grid_opt = torch.optim.Adam(model.grid_parameters(), lr=config.grid_lr) if config.learns_grid else None
         return cls(model, coef_opt, grid_opt, torch.Generator().manual_seed(config.seed),
@@ -262,9 +276,9 @@ class TrainState:
         atomic_write(path, lambda tmp: torch.save(record, tmp))
 
     @classmethod
-    def resume(cls, record: dict[str, Any], schedule: Schedule, config: LearnConfig, train: TeacherData) -> "TrainState":
-        """The state saved in ``record`` (a checkpoint :func:`_load_checkpoint` accepted)."""
-        state = cls.start(schedule, config, record["base"], record["grid"], record["base_losses"], train)
+    def resume(cls, record: dict[str, Any], model: nn.Module, config: LearnConfig, train: TeacherData) -> "TrainState":
+        """The state saved in ``record`` (a checkpoint :func:`_load_checkpoint` accepted), into ``model``."""
+        state = cls.start(model, config, record["base"], record["grid"], record["base_losses"], train)
         state.model.load_state_dict(record["model"])
         state.coef_opt.load_state_dict(record["coef_opt"])
         if state.grid_opt is not None:
@@ -311,46 +325,103 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
     pipeline's VAE decoder, to measure the loss in pixel space). ``config.loss = "auto"`` is L2 here
     (a feature distance is chosen by :func:`s4s.learn`, which knows the model's data).
     """
+    def learnable(base: str, grid: str) -> LearnableSolver:
+        return LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector,
+                               learn_a=config.learn_a)
+
+    return _train(denoiser, schedule, [Condition(config.guidance, train, val)], config, learnable, run_dir, resume,
+                  progress, feature_fn, metadata, transform, device)
+
+
+def train_family(denoiser, schedule: Schedule, conditions: list[Condition], anchors: list[float], config: LearnConfig,
+                 run_dir: Optional[Path] = None, resume: bool = False, progress: bool = True,
+                 feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
+                 metadata: Optional[dict[str, Any]] = None,
+                 transform: Optional[Callable[[Tensor], Tensor]] = None,
+                 device: Optional[torch.device | str] = None) -> LearnResult:
+    """Learn a :class:`~s4s.family.GuidanceFamily`: one learnable solver per anchor scale, all started from
+    the same base (chosen on the mean validation loss over the scales), trained on mini-batches of one
+    condition (guidance scale) at a time, drawn at random; validation and selection on the mean over
+    the scales (docs/design.md §5.9)."""
+    def family(base: str, grid: str) -> GuidanceFamilyModule:
+        return GuidanceFamilyModule(anchors, [
+            LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector,
+                            learn_a=config.learn_a) for _ in anchors])
+
+    if config.ball_radius > 0:
+        raise ValueError("the relaxed objective (ball_radius > 0) is not available for guidance families")
+    return _train(denoiser, schedule, conditions, config, family, run_dir, resume, progress, feature_fn, metadata,
+                  transform, device)
+
+
+def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: LearnConfig,
+           make_model: Callable[[str, str], nn.Module], run_dir: Optional[Path], resume: bool, progress: bool,
+           feature_fn: Optional[Callable[[Tensor], Tensor]], metadata: Optional[dict[str, Any]],
+           transform: Optional[Callable[[Tensor], Tensor]], device: Optional[torch.device | str]) -> LearnResult:
+    """The loop behind :func:`train_solver` (one condition) and :func:`train_family` (several)."""
     config = replace(config, loss=resolve_auto_loss(config.loss, feature_fn), lr=config.coefficient_lr)
     config.validate()
     t_start = time.time()
     if device is not None:
-        train, val = train.to(device), val.to(device)
+        conditions = [Condition(c.guidance, c.train.to(device), c.val.to(device)) for c in conditions]
+    single = len(conditions) == 1
+    train = conditions[0].train
     distance = make_distance(config.loss, feature_fn)
     if transform is not None:
         inner_distance = distance
         distance = lambda x, y: inner_distance(transform(x), transform(y))  # noqa: E731
     ckpt_path = None if run_dir is None else Path(run_dir) / "checkpoint.pt"
-    data_digest = _data_digest(train, val)
+    data_digest = (_data_digest(train, conditions[0].val) if single else hashlib.sha256(":".join(
+        f"{c.guidance}={_data_digest(c.train, c.val)}" for c in conditions).encode()).hexdigest()[:16])
     record = _load_checkpoint(ckpt_path, config, data_digest) if resume and ckpt_path is not None else None
     if resume and record is None:
         log.warning("no checkpoint to resume from in %s; starting afresh", run_dir)
     sample_numel = math.prod(train.x_T.shape[1:])
     use_ckpt = config.checkpoint if config.checkpoint is not None else sample_numel >= 4096
 
-    def validate_now(model: LearnableSolver) -> tuple[float, float]:
-        """(validation objective, validation MSE) of the current solver on held-out noise."""
-        solver = model.to_solver()
-        return _batched_loss(lambda x, c: solver.sample(denoiser, x, c, config.guidance, check_finite=False), distance, val,
-                             4 * config.batch_size, also_mse=True, clip=clip_of(denoiser))
+    def key(c: Condition) -> str:
+        return "none" if c.guidance is None else f"{c.guidance:g}"
+
+    # Several scales: each scale's loss is weighted by (mean base loss) / (its base loss), so that every
+    # scale counts by its relative improvement and the large errors at high guidance do not drown the
+    # small ones at low guidance; the weighted mean starts at the plain mean. One scale: weight 1.
+    weights: dict[str, float] = {}
+
+    def validate_now(model: nn.Module) -> tuple[float, float, dict[str, float]]:
+        """(validation objective, validation MSE, objective per scale) of the current solver on held-out
+        noise; over several scales, the weighted mean of the objective and the mean MSE."""
+        per: dict[str, float] = {}
+        total_loss, total_mse = 0.0, 0.0
+        for c in conditions:
+            solver = model.solver_at(c.guidance)
+            loss, mse = _batched_loss(lambda x, cond: solver.sample(denoiser, x, cond, c.guidance, check_finite=False),
+                                      distance, c.val, 4 * config.batch_size, also_mse=True, clip=clip_of(denoiser))
+            per[key(c)] = loss
+            total_loss, total_mse = total_loss + weights.get(key(c), 1.0) * loss, total_mse + mse
+        return total_loss / len(conditions), total_mse / len(conditions), per
 
     if record is not None:
-        state = TrainState.resume(record, schedule, config, train)
+        state = TrainState.resume(record, make_model(record["base"], record["grid"]), config, train)
         log.info("resumed at step %d (best validation %.5g)", state.step, state.best_val)
     else:
-        base, grid, base_losses = choose_base(denoiser, schedule, config, val, distance)
-        state = TrainState.start(schedule, config, base, grid, base_losses, train)
-        val_loss, val_mse = validate_now(state.model)
+        base, grid, base_losses = choose_base(denoiser, schedule, config, None, distance, conditions)
+        state = TrainState.start(make_model(base, grid), config, base, grid, base_losses, train)
+        val_loss, val_mse, per = validate_now(state.model)
         state.keep_if_best(val_loss)
-        state.history.append({"step": 0, "train_loss": None, "val_loss": val_loss, "val_mse": val_mse, "phase": "base"})
+        row = {"step": 0, "train_loss": None, "val_loss": val_loss, "val_mse": val_mse, "phase": "base"}
+        state.history.append(row if single else {**row, "val_by_guidance": per})
         log.info("step 0 (base %s on %s grid): validation %s %.5g, RMSE %.5f", base, grid, config.loss, val_loss,
                  math.sqrt(val_mse))
+    if not single:
+        base_per = state.history[0]["val_by_guidance"]
+        mean_base = sum(base_per.values()) / len(base_per)
+        weights.update({k: mean_base / v for k, v in base_per.items() if v > 0})
     model = state.model
     sigma_T = float(schedule.sigma(torch.tensor(float(model.t_ends[0]), dtype=torch.float64)))
 
-    def student(x: Tensor, cond: Optional[Tensor]) -> Tensor:
-        t, s, tables = model()
-        return integrate(lambda xx, ss: denoiser(xx, ss, cond, config.guidance), x, s, tables, checkpoint=use_ckpt)
+    def student(x: Tensor, cond: Optional[Tensor], guidance: Optional[float]) -> Tensor:
+        t, s, tables = model.at(guidance)
+        return integrate(lambda xx, ss: denoiser(xx, ss, cond, guidance), x, s, tables, checkpoint=use_ckpt)
 
     stopped = None
     running, count = 0.0, 0
@@ -361,12 +432,18 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
                disable=not (progress and distributed.is_main()))
     while state.step < config.steps:
         phase = phase_at(config, state.step)
+        # one guidance scale per mini-batch, drawn at random (a single-scale run draws nothing extra)
+        condition = conditions[0] if single else conditions[int(torch.randint(0, len(conditions), (1,),
+                                                                                 generator=state.gen))]
+        train, guidance = condition.train, condition.guidance
         idx = torch.randint(0, len(train), (config.batch_size,), generator=state.gen).to(train.x_T.device)
         if distributed.active():  # every rank drew the same idx; each takes its share of the batch
             idx_all, idx = idx, idx[distributed.shard_slice(config.batch_size)]
         cond = None if train.cond is None else train.cond[idx]
         x_in = train.x_T[idx] if state.x_prime is None else state.x_prime[idx].clone().requires_grad_(True)
-        per_sample = distance(student(x_in, cond), train.x0[idx])
+        per_sample = distance(student(x_in, cond, guidance), train.x0[idx])
+        if not single:
+            per_sample = per_sample * weights.get(key(condition), 1.0)
         if distributed.active():
             loss = per_sample.sum() / config.batch_size   # this rank's part of the global batch mean
             loss_value = distributed.all_reduce_sum([loss.item()])[0]
@@ -399,14 +476,15 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
         bar.update(1)
         if state.step % config.val_every == 0 or state.step == config.steps:
             distributed.check_same_on_all_ranks(list(model.parameters()), "learned solver parameters")
-            val_loss, val_mse = validate_now(model)
+            val_loss, val_mse, per = validate_now(model)
             if not math.isfinite(val_loss):
                 stopped = (f"non-finite validation loss at step {state.step}; kept the best solver (validation "
                            f"{state.best_val:.5g})")
                 log.error("%s", stopped)
                 break
-            state.history.append({"step": state.step, "train_loss": running / max(count, 1), "val_loss": val_loss,
-                                  "val_mse": val_mse, "phase": phase})
+            row = {"step": state.step, "train_loss": running / max(count, 1), "val_loss": val_loss, "val_mse": val_mse,
+                   "phase": phase}
+            state.history.append(row if single else {**row, "val_by_guidance": per})
             running, count = 0.0, 0
             state.keep_if_best(val_loss)
             bar.set_postfix(val=f"{val_loss:.4g}", best=f"{state.best_val:.4g}", val_rmse=f"{math.sqrt(val_mse):.4f}")

@@ -1,0 +1,119 @@
+"""One learned solver for a range of guidance scales (s4s.family), on the exact Gaussian mixture."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import s4s
+from s4s.adaptive import rk45_sample
+from s4s.family import GuidanceFamily, load_solver, training_scales
+from s4s.solver import SolverFileError
+
+DIM = 8
+
+
+def _anchor_solvers(vp) -> list[s4s.Solver]:
+    return [s4s.baseline("ddim", vp, 4, grid="time"), s4s.baseline("dpmpp_3m", vp, 4, grid="logsnr")]
+
+
+def test_the_family_interpolates_its_anchors_and_refuses_outside_its_range(vp):
+    a, b = (s.__class__(s.grid, s.tables.__class__(s.tables.a, s.tables.b, None, None), s.input_times, s.schedule)
+            for s in _anchor_solvers(vp))
+    family = GuidanceFamily([1.0, 5.0], [a, b], {"source": "test"})
+    assert torch.equal(family.at_guidance(1.0).tables.b, a.tables.b)
+    assert torch.equal(family.at_guidance(5.0).grid, b.grid)
+    mid = family.at_guidance(3.0)
+    torch.testing.assert_close(mid.tables.b, (a.tables.b + b.tables.b) / 2, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(mid.grid, (a.grid + b.grid) / 2, rtol=1e-14, atol=0)
+    assert mid.metadata["guidance"] == 3.0 and mid.nfe == 4
+    with pytest.raises(ValueError, match=r"outside the range .*\[1, 5\]"):
+        family.at_guidance(6.0)
+    assert torch.equal(family.at_guidance(6.0, clamp=True).tables.b, b.tables.b)
+    with pytest.raises(ValueError, match="give the scale"):
+        family.sample(lambda x, t, c=None, g=None: x, torch.zeros(2, DIM))
+
+
+def test_a_family_file_round_trips_and_single_solver_files_still_load(vp, tmp_path):
+    a, b = _anchor_solvers(vp)
+    a = s4s.Solver(a.grid, s4s.Tables(a.tables.a, a.tables.b), a.input_times, vp)
+    b = s4s.Solver(b.grid, s4s.Tables(b.tables.a, b.tables.b), b.input_times, vp)
+    family = GuidanceFamily([1.0, 4.0], [a, b], {"method": "s4s"})
+    path = family.save(tmp_path / "family.json")
+    again = load_solver(path)
+    assert isinstance(again, GuidanceFamily) and again.scales == [1.0, 4.0]
+    for w in (1.0, 2.2, 4.0):
+        assert torch.equal(again.at_guidance(w).tables.b, family.at_guidance(w).tables.b)
+    with pytest.raises(SolverFileError, match="guidance family"):
+        s4s.Solver.load(path)
+    # version-1 files (before families) load as before
+    old = a.to_dict()
+    old["format_version"] = 1
+    (tmp_path / "v1.json").write_text(json.dumps(old))
+    assert torch.equal(s4s.Solver.load(tmp_path / "v1.json").tables.b, a.tables.b)
+    assert isinstance(load_solver(tmp_path / "v1.json"), s4s.Solver)
+    broken = json.loads(path.read_text())
+    broken["scales"] = [4.0, 1.0]
+    (tmp_path / "bad.json").write_text(json.dumps(broken))
+    with pytest.raises(SolverFileError, match="increasing"):
+        load_solver(tmp_path / "bad.json")
+
+
+def test_a_learned_family_beats_the_base_at_anchor_and_between_anchor_scales(vp):
+    """Learned once for w in [1, 5]; checked against the exact guided ODE (RK45 to 1e-9) at an anchor (1),
+    a training midpoint (2), a scale it never saw (2.5) and the top anchor (5)."""
+    gmm = s4s.GaussianMixture.random(dim=DIM, components=4, seed=2)
+    den = gmm.denoiser(vp)
+    scales = training_scales(1.0, 5.0, 3)
+    assert scales == [1.0, 2.0, 3.0, 4.0, 5.0]
+    per = 48
+    labels = torch.arange(per) % gmm.num_components
+    result = s4s.learn(den, vp, 4, (DIM,), method="s4s-alt", base="dpmpp_3m", grid="time", guidance_range=(1.0, 5.0),
+                       anchors=3, num_samples=per * len(scales), labels=labels, teacher="dpmpp_3m:60", steps=120,
+                       batch_size=24, val_every=20, learn_a=False, cache=False, progress=False)
+    family = result.solver
+    assert isinstance(family, GuidanceFamily) and family.scales == [1.0, 3.0, 5.0]
+    assert family.metadata["guidance_range"] == [1.0, 5.0] and "val_by_guidance" in result.history[-1]
+    base = s4s.baseline("dpmpp_3m", vp, 4, grid="time")
+    x = vp.prior_noise((64, DIM), generator=torch.Generator().manual_seed(123), dtype=torch.float64)
+    test_labels = torch.arange(64) % gmm.num_components
+    for w in (1.0, 2.0, 2.5, 5.0):
+        ref, _ = rk45_sample(den, x, vp, test_labels, w, rtol=1e-9, atol=1e-9)
+        e_family = float((family.sample(den, x, test_labels, w) - ref).pow(2).mean().sqrt())
+        e_base = float((base.sample(den, x, test_labels, w) - ref).pow(2).mean().sqrt())
+        assert e_family < 0.8 * e_base, (w, e_family, e_base)
+
+
+def test_the_cli_learns_a_family_and_eval_and_the_scheduler_use_it_at_one_scale(tmp_path, caplog, capsys):
+    from diffusers import DDPMScheduler
+    from test_eval import _tiny_model_folder
+
+    from s4s.cli import main
+
+    folder = str(_tiny_model_folder(tmp_path / "tiny"))
+    out = str(tmp_path / "family.json")
+    assert main(["learn", "--model", folder, "--data", "mnist", "--nfe", "2", "--guidance", "1:3", "--anchors", "2",
+                 "--preset", "fast", "--teacher", "ddim:4", "--teacher-samples", "24", "--steps", "4", "--out", out,
+                 "--json"]) == 0
+    family = load_solver(out)
+    assert isinstance(family, GuidanceFamily) and family.scales == [1.0, 3.0] and family.nfe == 2
+    assert family.metadata["training_scales"] == [1.0, 2.0, 3.0] and family.metadata["num_samples"] == 24
+    evaluate = ["eval", "--model", folder, "--data", "mnist", "--solver", out, "--num-samples", "8", "--metrics",
+                "teacher", "--teacher", "ddim:3", "--no-cache", "--json"]
+    capsys.readouterr()
+    assert main([*evaluate, "--guidance", "2"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["guidance"] == 2.0
+    assert main(evaluate) == 2 and "guidance family" in caplog.text
+    assert main([*evaluate, "--guidance", "5"]) == 2 and "outside the range" in caplog.text
+    assert main([*evaluate, "--guidance", "5", "--clamp-guidance"]) == 0
+    assert main([*evaluate, "--guidance", "1:3"]) == 2 and "is for s4s learn" in caplog.text
+    assert main(["learn", "--nfe", "2", "--guidance", "3:1", "--out", str(tmp_path / "x.json")]) == 2
+    assert "LO < HI" in caplog.text
+    # the diffusers scheduler runs the family at the pipeline's scale, which it must be told
+    ddpm = DDPMScheduler(beta_schedule="linear", clip_sample=True)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        s4s.S4SScheduler.from_solver(family, ddpm)
+    scheduler = s4s.S4SScheduler.from_solver(family, ddpm, guidance=2.5)
+    assert torch.equal(scheduler.solver.tables.b, family.at_guidance(2.5).tables.b)
