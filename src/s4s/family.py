@@ -14,7 +14,6 @@ while learning. Outside ``[w_1, w_K]`` the family refuses, unless asked to clamp
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from s4s.io import atomic_write_text
-from s4s.solver import FORMAT, FORMAT_VERSION, Solver, SolverFileError, Tables, read_solver_json
+from s4s.solver import FORMAT, FORMAT_VERSION, Solver, SolverFileError, Tables, read_solver_json, write_solver_json
 
 __all__ = ["GuidanceFamily", "mix", "interval", "training_scales", "anchor_scales", "load_solver", "FAMILY_KIND"]
 
@@ -166,14 +164,8 @@ class GuidanceFamily:
         return cls(scales, loaded, dict(metadata) if isinstance(metadata, dict) else metadata)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        if path.is_dir():
-            raise ValueError(f"{path} is a folder; give the solver file's name")
-        try:
-            text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        except (TypeError, ValueError) as err:
-            raise SolverFileError(f"the family cannot be written as JSON (its metadata?): {err}") from None
-        return atomic_write_text(path, text)
+        """Write the family as one JSON solver file (see :func:`s4s.solver.write_solver_json`)."""
+        return write_solver_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "GuidanceFamily":

@@ -36,7 +36,7 @@ from s4s.grids import validate_grid
 from s4s.io import atomic_write_text
 from s4s.schedules import Schedule, schedule_from_config
 
-__all__ = ["Tables", "Solver", "SolverFileError", "names_solver_file", "read_solver_json", "NonFiniteError", "Recurrence", "integrate", "weighted_sum", "FORMAT",
+__all__ = ["Tables", "Solver", "SolverFileError", "names_solver_file", "read_solver_json", "write_solver_json", "NonFiniteError", "Recurrence", "integrate", "weighted_sum", "FORMAT",
            "FORMAT_VERSION", "MAX_COEFFICIENT"]
 
 FORMAT = "s4s.solver"
@@ -60,6 +60,19 @@ def read_solver_json(path: str | Path) -> Any:
         raise SolverFileError(f"{path}: cannot read the solver file: {err}") from None
     except json.JSONDecodeError as err:
         raise SolverFileError(f"{path}: not valid JSON (truncated or corrupted?): {err}") from err
+
+
+def write_solver_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write a solver file's ``data`` as JSON, atomically; NaN / inf or non-JSON metadata is one
+    :class:`SolverFileError`, a folder at ``path`` one ``ValueError``."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the solver file's name")
+    try:
+        text = json.dumps(data, indent=1, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as err:
+        raise SolverFileError(f"the solver cannot be written as JSON (its metadata?): {err}") from None
+    return atomic_write_text(path, text)
 
 
 def names_solver_file(spec: str | Path) -> bool:
@@ -365,14 +378,7 @@ class Solver:
 
     def save(self, path: str | Path) -> Path:
         """Write the solver as human-readable JSON (exact float64 round trip)."""
-        path = Path(path)
-        if path.is_dir():
-            raise ValueError(f"{path} is a folder; give the solver file's name")
-        try:
-            text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        except (TypeError, ValueError) as err:
-            raise SolverFileError(f"the solver cannot be written as JSON (its metadata?): {err}") from None
-        return atomic_write_text(path, text)
+        return write_solver_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "Solver":
