@@ -117,3 +117,23 @@ def test_the_cli_learns_a_family_and_eval_and_the_scheduler_use_it_at_one_scale(
         s4s.S4SScheduler.from_solver(family, ddpm)
     scheduler = s4s.S4SScheduler.from_solver(family, ddpm, guidance=2.5)
     assert torch.equal(scheduler.solver.tables.b, family.at_guidance(2.5).tables.b)
+
+
+def test_bench_report_merges_cells_at_several_scales_into_one_table_per_nfe(tmp_path, capsys):
+    from s4s.bench.model import BenchCell, load_cells, save_cells
+    from s4s.cli import main
+
+    space = "MNIST classifier features"
+    cells = [BenchCell("unipc_bh1", "baseline", 5, "time", 40.0 + w, None, 1.0, feature_space=space, guidance=w,
+                       accuracy=0.9) for w in (1.0, 4.0)]
+    cells += [BenchCell("s4s-alt-pc family 1:8", "learned", 5, "learned", 30.0 + w, None, 1.0, feature_space=space,
+                        guidance=w, accuracy=0.95) for w in (1.0, 4.0)]
+    save_cells(cells[:3], tmp_path / "a.json")
+    save_cells(cells[3:], tmp_path / "b.json")
+    assert len(load_cells([tmp_path / "a.json", tmp_path / "b.json"])) == 4  # (method, NFE, guidance) are distinct
+    assert main(["bench-report", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "r")]) == 0
+    table = (tmp_path / "r" / "bench.md").read_text()
+    assert "| solver | w = 1 | w = 4 |" in table
+    assert "| best hand-designed (named) | unipc_bh1 41.00 / 0.900 | unipc_bh1 44.00 / 0.900 |" in table
+    assert "| s4s-alt-pc family 1:8 | **31.00 / 0.950** | **34.00 / 0.950** |" in table
+    assert (tmp_path / "r" / "fd_vs_guidance_nfe5.png").exists()

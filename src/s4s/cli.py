@@ -236,16 +236,22 @@ def _bench_guidance(args: argparse.Namespace, model: Any, scales: list[float]) -
 def _cmd_bench_report(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from s4s.bench.model import load_cells, markdown_table, plot_fd, save_cells
+    from s4s.bench.model import guidance_table, load_cells, markdown_table, plot_fd, plot_fd_vs_guidance, save_cells
 
     cells = load_cells(args.results)
     merged = " ".join(str(p) for p in args.results)
     notes = list(args.note) + ["", f"Merged by `s4s bench-report {merged} --out {args.out}`"]
-    table = markdown_table(cells, args.title, notes)
     args.out.mkdir(parents=True, exist_ok=True)
+    if len({c.guidance for c in cells}) > 1:  # cells at several guidance scales: one table per NFE, FD against w
+        nfes = sorted({c.nfe for c in cells})
+        table = "\n".join(guidance_table(cells, n, f"{args.title}, NFE {n}", notes) for n in nfes)
+        for n in nfes:
+            plot_fd_vs_guidance(cells, n, args.out / f"fd_vs_guidance_nfe{n}.png", f"{args.title}, NFE {n}")
+    else:
+        table = markdown_table(cells, args.title, notes)
+        plot_fd(cells, args.out / "fd_vs_nfe.png", args.title)
     atomic_write_text(args.out / "bench.md", table)
     save_cells(cells, args.out / "results.json")
-    plot_fd(cells, args.out / "fd_vs_nfe.png", args.title)
     return emit(args, [asdict(c) for c in cells], table)
 
 

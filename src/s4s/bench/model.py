@@ -90,8 +90,8 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
     cells: list[BenchCell] = []
 
     def merged() -> list[BenchCell]:
-        by_key = {(c.method, c.nfe): c for c in earlier}
-        by_key.update({(c.method, c.nfe): c for c in cells})
+        by_key = {(c.method, c.nfe, c.guidance): c for c in earlier}
+        by_key.update({(c.method, c.nfe, c.guidance): c for c in cells})
         return list(by_key.values())
 
     def save_results() -> None:  # after every cell, so an interrupted bench keeps what it measured
@@ -225,27 +225,34 @@ def learned_label(meta: dict[str, Any]) -> str:
 
 def cell_from_eval(result: dict[str, Any]) -> BenchCell:
     """A bench cell from one ``s4s eval --json`` result; a learned solver file named by its
-    ``solver`` key gives the method and base (as ``s4s bench`` labels learned cells)."""
+    ``solver`` key gives the method and base (as ``s4s bench`` labels learned cells; a guidance family
+    is labelled with its range)."""
+    from s4s.family import GuidanceFamily, load_solver
     from s4s.learning.config import METHODS
-    from s4s.family import load_solver
     from s4s.solver import names_solver_file
 
     label, path = result["solver"], Path(str(result["solver"]))
+    common = dict(feature_space=result.get("feature_space"), guidance=result.get("guidance"),
+                  accuracy=result.get("accuracy"))
     if names_solver_file(path) and path.is_file():
-        meta = load_solver(path).metadata
+        solver = load_solver(path)
+        meta = solver.metadata
         if meta.get("method") in METHODS:
-            return BenchCell(learned_label(meta), "learned", int(result["nfe"]), f"learned from {meta.get('base')}/"
+            label = learned_label(meta)
+            if isinstance(solver, GuidanceFamily):
+                label += " family {:g}:{:g}".format(*solver.guidance_range)
+            return BenchCell(label, "learned", int(result["nfe"]), f"learned from {meta.get('base')}/"
                              f"{meta.get('grid_init')}", result["fd"], result.get("teacher_rmse"), result["seconds"],
-                             solver_file=str(path), feature_space=result.get("feature_space"))
+                             solver_file=str(path), **common)
     return BenchCell(label, "baseline", int(result["nfe"]), str(result.get("grid", "")), result["fd"],
-                     result.get("teacher_rmse"), result["seconds"], feature_space=result.get("feature_space"))
+                     result.get("teacher_rmse"), result["seconds"], **common)
 
 
 def load_cells(paths: Sequence[Path]) -> list[BenchCell]:
     """Cells from ``s4s bench`` ``results.json`` files (e.g. a bench split over processes or
     machines) and ``s4s eval --json`` outputs; a later cell replaces an earlier one with the same
-    (method, NFE)."""
-    merged: dict[tuple[str, int], BenchCell] = {}
+    (method, NFE, guidance)."""
+    merged: dict[tuple[str, int, Optional[float]], BenchCell] = {}
     for path in paths:
         try:
             rows = json.loads(Path(path).read_text())
@@ -253,7 +260,7 @@ def load_cells(paths: Sequence[Path]) -> list[BenchCell]:
             raise ValueError(f"cannot read bench results {path}: {err}") from err
         for row in rows if isinstance(rows, list) else [rows]:
             cell = BenchCell(**row) if "kind" in row else cell_from_eval(row)  # bench cells have a kind, eval results not
-            merged[(cell.method, cell.nfe)] = cell
+            merged[(cell.method, cell.nfe, cell.guidance)] = cell
     return list(merged.values())
 
 
