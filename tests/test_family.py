@@ -34,6 +34,8 @@ def test_the_family_interpolates_its_anchors_and_refuses_outside_its_range(vp):
     assert torch.equal(family.at_guidance(6.0, clamp=True).tables.b, b.tables.b)
     with pytest.raises(ValueError, match="give the scale"):
         family.sample(lambda x, t, c=None, g=None: x, torch.zeros(2, DIM))
+    with pytest.raises(ValueError, match="at_guidance"):  # k-diffusion samplers take one solver
+        s4s.sample_s4s(lambda x, sigma: x, torch.zeros(2, DIM), torch.ones(5), solver=family)
 
 
 def test_a_family_file_round_trips_and_single_solver_files_still_load(vp, tmp_path):

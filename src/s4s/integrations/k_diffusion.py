@@ -29,6 +29,9 @@ def sample_s4s(model: Callable[..., Tensor], x: Tensor, sigmas: Tensor, extra_ar
     """Sample with ``solver`` (exactly ``solver.nfe`` calls of ``model``); returns the VE-coordinate sample."""
     if solver is None:
         raise ValueError("sample_s4s needs solver=... (an s4s.Solver, e.g. s4s.Solver.load('solver.json'))")
+    if not isinstance(solver, Solver):
+        raise ValueError(f"sample_s4s needs one s4s.Solver, got {type(solver).__name__} (a guidance family: pass "
+                         "family.at_guidance(w) for the scale the sampler's model applies)")
     if solver.schedule is None:
         raise ValueError("the solver must record its noise schedule")
     extra_args = extra_args or {}
