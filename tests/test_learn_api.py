@@ -70,3 +70,14 @@ def test_the_python_api_caches_teacher_samples_by_default(tmp_path, monkeypatch)
     assert torch.equal(again.solver.tables.b, first.solver.tables.b)
     s4s.learn(gmm.denoiser(schedule), schedule, 2, (4,), cache=False, cache_dir=tmp_path / "elsewhere", **kw)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_help_shows_defaults_and_the_presets_values_and_version(capsys):
+    for argv in (["eval", "--help"], ["learn", "--help"], ["--version"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "seed of the evaluation noise (default: 0)" in out
+    assert f"optimiser steps (default: the preset's: default {PRESETS['default'].steps}, fast {PRESETS['fast'].steps})" in out
+    assert s4s.__version__ in out

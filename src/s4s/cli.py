@@ -368,7 +368,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, except where there is none to show (unset flags, store_true)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False) or action.default is argparse.SUPPRESS or "%(default)" in (action.help or ""):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS or \
+                "%(default)" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -414,9 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", "the main job: learn a solver at NFE 4 and 5 on the bundled model and compare it with the "
                         "hand-designed solvers (results: docs/demo)")
-    p.add_argument("--nfe", type=int, nargs="+", default=[4, 5])
+    p.add_argument("--nfe", type=int, nargs="+", default=[4, 5], help="model-call budgets to learn and compare")
     p.add_argument("--num-samples", type=int, default=1000, help="samples per table cell")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for solvers, run folders, sample grids")
     p.add_argument("--method", choices=METHODS, default=PRESETS["fast"].method, help="learning method")
     _add_json_option(p)
     p.set_defaults(func=_cmd_demo)
@@ -476,12 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("bench", "every baseline and learned method over NFE on a model: table, JSON, plot")
     p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: the bundled MNIST UNet)")
-    p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10])
+    p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10], help="model-call budgets")
     p.add_argument("--baselines", nargs="*", default=sorted(BASELINES), help="none: learned methods only")
     p.add_argument("--grids", nargs="+", default=["time", "logsnr"], help="grids each baseline is tried on")
     p.add_argument("--methods", nargs="*", default=["s4s", "s4s-alt", "s4s-alt-pc"], help="none: baselines only")
     p.add_argument("--num-samples", type=int, default=10000, help="samples per cell")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation noise")
     p.add_argument("--guidance", type=float, nargs="+", default=None,
                    help="classifier-free guidance scale; several: a table per NFE of FD / accuracy against the scale, "
                         "with single-scale solvers and a guidance family side by side")
@@ -503,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path, nargs="+", help="`s4s bench` results.json files and `s4s eval --json` outputs "
                                                          "(later ones win on the same method and NFE)")
     p.add_argument("--out", type=Path, required=True, help="folder for bench.md, results.json, fd_vs_nfe.png")
-    p.add_argument("--title", default="Baselines vs learned solvers")
+    p.add_argument("--title", default="Baselines vs learned solvers", help="table and plot title")
     p.add_argument("--note", action="append", default=[], help="a line of notes under the title (repeatable)")
     _add_json_option(p)
     p.set_defaults(func=_cmd_bench_report)
@@ -513,8 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", default="dpmpp_3m", help="baseline name or a solver .json file")
     p.add_argument("--nfe", type=int, default=None, help="model calls (needed with a baseline name)")
     p.add_argument("--grid", default="logsnr", help="time grid for a baseline: edm, time, logsnr, quadratic")
-    p.add_argument("--num-samples", type=int, default=10000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=10000, help="samples to draw and measure")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation noise")
     p.add_argument("--guidance", type=guidance_arg, default=None,
                    help="classifier-free guidance scale (class-balanced labels); default: the scale a learned solver "
                         "records, else unguided; 'none': unguided")
@@ -523,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="fd", help="comma list of: fd, teacher")
     p.add_argument("--teacher", default="unipc_bh2:100", help="NAME:NFE or rk45:TOL, the reference solver for "
                                                               "--metrics teacher")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=500, help="samples per sampling batch")
     p.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights for RGB FID")
     p.add_argument("--reference-stats", type=Path, default=None, help="npz (mean, cov, count) of real-data features")
     p.add_argument("--no-cache", action="store_true", help="do not cache teacher samples")
@@ -535,9 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = command("bench-baselines", "every baseline x NFE x grid on the exact Gaussian mixture")
-    p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10])
+    p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10], help="model-call budgets")
     p.add_argument("--num-samples", type=int, default=256, help="noises per cell")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation noise")
     p.add_argument("--out", type=Path, default=None, help="write the Markdown table here (and a .png plot beside it)")
     _add_json_option(p)
     p.set_defaults(func=_cmd_bench_baselines)
