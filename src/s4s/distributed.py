@@ -32,7 +32,7 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 __all__ = ["setup", "teardown", "rank", "world_size", "is_main", "local_device", "owner_of", "map_batches",
-           "all_reduce_sum", "all_reduce_", "check_same_on_all_ranks", "shard_slice", "barrier", "main_only"]
+           "all_reduce_sum", "all_reduce_", "check_same_on_all_ranks", "shard_slice"]
 
 T = TypeVar("T")
 
@@ -95,11 +95,6 @@ def local_device() -> str:
     if not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if active() else "cuda"
-
-
-def barrier() -> None:
-    if active():
-        dist.barrier()
 
 
 def owner_of(batch_index: int) -> int:
@@ -191,11 +186,3 @@ def check_same_on_all_ranks(tensors: Sequence[torch.Tensor], what: str) -> None:
     if not torch.equal(lo, hi):
         raise RuntimeError(f"the ranks' {what} diverged (max difference {float((hi - lo).abs().max()):.3g}); "
                            "every rank must run the same code on the same data")
-
-
-def main_only(fn: Callable[..., T]) -> Callable[..., Optional[T]]:
-    """Run ``fn`` on rank 0 only (writes); the other ranks return None."""
-    def wrapper(*args: Any, **kwargs: Any) -> Optional[T]:
-        return fn(*args, **kwargs) if is_main() else None
-    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
-    return wrapper

@@ -109,22 +109,47 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
     teacher_seconds = 0.0
     if teacher_data is None:
         t0 = time.time()
-        teacher_data = make_teacher_data(
-            denoiser, schedule, tuple(shape), num_samples=config.num_samples, teacher=config.teacher,
-            seed=config.seed + LEARN_SEED_OFFSET, labels=labels, guidance=config.guidance,
-            batch_size=config.teacher_batch_size, cache_dir=(cache_dir or default_cache_dir()) if cache else None,
-            progress=progress, device=device)
+        teacher_data = _teacher_data(denoiser, schedule, tuple(shape), config, labels, config.guidance,
+                                     config.num_samples, cache, cache_dir, progress, device)
         teacher_seconds = time.time() - t0
-    n_val = max(1, int(round(len(teacher_data) * config.val_fraction)))
-    if len(teacher_data) - n_val < 1:
-        raise ValueError(f"{len(teacher_data)} teacher samples leave none for training")
-    train, val = teacher_data.split(len(teacher_data) - n_val)
-    meta = {"teacher": teacher_data.meta.get("teacher", config.teacher), "num_samples": len(teacher_data),
-            "model_fingerprint": fingerprint_of(denoiser), "denoiser_clip": clip_of(denoiser)}
-    if decode is not None:
-        meta["loss_space"] = "decoded"
+    train, val = _split(teacher_data, config.val_fraction, "teacher samples")
+    meta = _run_metadata(denoiser, decode, teacher=teacher_data.meta.get("teacher", config.teacher),
+                         num_samples=len(teacher_data))
     result = train_solver(denoiser, schedule, train, val, config, run_dir, resume, progress, feature_fn, meta, decode,
                           device=device)
+    return _finish(result, teacher_seconds, run_dir)
+
+
+def _teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tuple[int, ...], config: LearnConfig,
+                  labels: Optional[Tensor], guidance: Optional[float], num_samples: int, cache: bool,
+                  cache_dir: Optional[Path], progress: bool, device: torch.device) -> TeacherData:
+    """The teacher's samples for this run's seeds (disjoint from evaluation seeds) at ``guidance``."""
+    return make_teacher_data(
+        denoiser, schedule, shape, num_samples=num_samples, teacher=config.teacher, seed=config.seed + LEARN_SEED_OFFSET,
+        labels=labels, guidance=guidance, batch_size=config.teacher_batch_size,
+        cache_dir=(cache_dir or default_cache_dir()) if cache else None, progress=progress, device=device)
+
+
+def _split(data: TeacherData, val_fraction: float, what: str) -> tuple[TeacherData, TeacherData]:
+    """(training, validation) parts: the last ``val_fraction`` (at least one sample) is held out."""
+    n_val = max(1, int(round(len(data) * val_fraction)))
+    if len(data) - n_val < 1:
+        raise ValueError(f"{len(data)} {what} leave none for training")
+    return data.split(len(data) - n_val)
+
+
+def _run_metadata(denoiser: Callable[..., Tensor], decode: Optional[Callable[[Tensor], Tensor]],
+                  **fields: Any) -> dict[str, Any]:
+    """What the learned solver records about its run: ``fields``, the model's fingerprint and clamp, and
+    whether the loss was measured on decoded images."""
+    meta = {**fields, "model_fingerprint": fingerprint_of(denoiser), "denoiser_clip": clip_of(denoiser)}
+    if decode is not None:
+        meta["loss_space"] = "decoded"
+    return meta
+
+
+def _finish(result: LearnResult, teacher_seconds: float, run_dir: Optional[Path]) -> LearnResult:
+    """Record the teacher time and write the run folder."""
     result.teacher_seconds = teacher_seconds
     if run_dir is not None:
         save_run(result, Path(run_dir))
@@ -155,24 +180,11 @@ def _learn_family(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tu
     t0 = time.time()
     conditions = []
     for w in scales:
-        data = make_teacher_data(
-            denoiser, schedule, shape, num_samples=per, teacher=config.teacher, seed=config.seed + LEARN_SEED_OFFSET,
-            labels=labels, guidance=w, batch_size=config.teacher_batch_size,
-            cache_dir=(cache_dir or default_cache_dir()) if cache else None, progress=progress, device=device)
-        n_val = max(1, int(round(per * config.val_fraction)))
-        if per - n_val < 1:
-            raise ValueError(f"{per} teacher samples per scale leave none for training")
-        train, val = data.split(per - n_val)
-        conditions.append(Condition(w, train, val))
+        data = _teacher_data(denoiser, schedule, shape, config, labels, w, per, cache, cache_dir, progress, device)
+        conditions.append(Condition(w, *_split(data, config.val_fraction, "teacher samples per scale")))
     teacher_seconds = time.time() - t0
-    meta = {"teacher": config.teacher, "num_samples": per * len(scales), "model_fingerprint": fingerprint_of(denoiser),
-            "denoiser_clip": clip_of(denoiser), "guidance_range": [lo, hi], "anchors": anchors,
-            "training_scales": scales}
-    if decode is not None:
-        meta["loss_space"] = "decoded"
+    meta = _run_metadata(denoiser, decode, teacher=config.teacher, num_samples=per * len(scales),
+                         guidance_range=[lo, hi], anchors=anchors, training_scales=scales)
     result = train_family(denoiser, schedule, conditions, anchors, config, run_dir, resume, progress, feature_fn, meta,
                           decode, device=device)
-    result.teacher_seconds = teacher_seconds
-    if run_dir is not None:
-        save_run(result, Path(run_dir))
-    return result
+    return _finish(result, teacher_seconds, run_dir)

@@ -146,8 +146,7 @@ def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: Optional
     losses: dict[str, float] = {}
     for base in bases:
         for grid in grids:
-            model = LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector)
-            solver = model.to_solver()
+            solver = _learnable(schedule, config, base, grid, learn_a=False).to_solver()
             total = 0.0
             for c in conditions:
                 fn = lambda x, cond, w=c.guidance: solver.sample(denoiser, x, cond, w, check_finite=False)  # noqa: E731
@@ -162,6 +161,14 @@ def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: Optional
              ", ".join(f"{k} {v:.4g}" for k, v in losses.items()), best)
     base, grid = best.split("/")
     return base, grid, losses
+
+
+def _learnable(schedule: Schedule, config: LearnConfig, base: str, grid: str,
+               learn_a: Optional[bool] = None) -> LearnableSolver:
+    """A learnable solver of ``config``'s NFE and form starting as ``base`` on the named ``grid``
+    (``learn_a`` defaults to the config's)."""
+    return LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector,
+                           learn_a=config.learn_a if learn_a is None else learn_a)
 
 
 def _lr_factor(phase_step: int, warmup: int, step: int = 0, steps: int = 1, decay: str = "constant") -> float:
@@ -235,7 +242,7 @@ class TrainState:
     """Everything a run needs to continue: the learnable solver, both optimisers, the sampling generator,
     the relaxed inputs, counters, history and the best-on-validation parameters so far."""
 
-    model: LearnableSolver
+    model: nn.Module   # a LearnableSolver, or a GuidanceFamilyModule of them
     coef_opt: torch.optim.Optimizer
     grid_opt: Optional[torch.optim.Optimizer]
     gen: torch.Generator
@@ -325,12 +332,9 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
     pipeline's VAE decoder, to measure the loss in pixel space). ``config.loss = "auto"`` is L2 here
     (a feature distance is chosen by :func:`s4s.learn`, which knows the model's data).
     """
-    def learnable(base: str, grid: str) -> LearnableSolver:
-        return LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector,
-                               learn_a=config.learn_a)
-
-    return _train(denoiser, schedule, [Condition(config.guidance, train, val)], config, learnable, run_dir, resume,
-                  progress, feature_fn, metadata, transform, device)
+    return _train(denoiser, schedule, [Condition(config.guidance, train, val)], config,
+                  lambda base, grid: _learnable(schedule, config, base, grid), run_dir, resume, progress, feature_fn,
+                  metadata, transform, device)
 
 
 def train_family(denoiser, schedule: Schedule, conditions: list[Condition], anchors: list[float], config: LearnConfig,
@@ -344,9 +348,7 @@ def train_family(denoiser, schedule: Schedule, conditions: list[Condition], anch
     condition (guidance scale) at a time, drawn at random; validation and selection on the mean over
     the scales (docs/design.md §5.9)."""
     def family(base: str, grid: str) -> GuidanceFamilyModule:
-        return GuidanceFamilyModule(anchors, [
-            LearnableSolver(schedule, base, make_grid(grid, schedule, config.nfe), corrector=config.corrector,
-                            learn_a=config.learn_a) for _ in anchors])
+        return GuidanceFamilyModule(anchors, [_learnable(schedule, config, base, grid) for _ in anchors])
 
     if config.ball_radius > 0:
         raise ValueError("the relaxed objective (ball_radius > 0) is not available for guidance families")
