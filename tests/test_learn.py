@@ -220,3 +220,36 @@ def test_teacher_cache_separates_a_clamped_denoiser_from_the_plain_one(tmp_path)
     assert len(list(tmp_path.glob("*/meta.json"))) == 2
     assert b.x0.abs().max() < 0.6 < a.x0.abs().max()  # ends at t_min > 0: within 0.5 up to the last noise
     assert torch.equal(make_teacher_data(clamped, schedule, (16,), num_samples=32, **kw).x0, b.x0)  # reused from its own entry
+
+
+def test_micro_batches_take_the_same_step(setup):
+    """Gradients summed over micro-batches are the whole batch's: the same run with less memory (float64,
+    so only summation order differs); the relaxed objective's moved inputs too."""
+    schedule, den, (train, val), _ = setup
+    cfg = dict(nfe=3, method="s4s-alt-pc", base="unipc_bh1", grid="time", steps=20, batch_size=32, val_every=10,
+               alt_round=10, ball_radius=0.1)
+    whole = train_solver(den, schedule, train, val, LearnConfig(**cfg), progress=False)
+    parts = train_solver(den, schedule, train, val, LearnConfig(micro_batch=5, **cfg), progress=False)
+    assert [h["val_loss"] for h in parts.history] == pytest.approx([h["val_loss"] for h in whole.history], rel=1e-9)
+    assert torch.allclose(parts.solver.tables.b, whole.solver.tables.b, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(parts.solver.grid, whole.solver.grid, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="micro_batch must be >= 1"):
+        LearnConfig(micro_batch=0, **cfg).validate()
+
+
+def test_running_out_of_gpu_memory_halves_the_micro_batch(setup, caplog):
+    """A pass over more samples than fit raises OutOfMemoryError: the step is redone in halves, and the
+    run equals one with that micro-batch from the start."""
+    schedule, den, (train, val), _ = setup
+
+    def small_gpu(x, t, cond=None, guidance=None):
+        if x.shape[0] > 8 and torch.is_grad_enabled():
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return den(x, t, cond, guidance)
+
+    cfg = dict(nfe=3, method="s4s-alt", base="dpmpp_3m", grid="time", steps=10, batch_size=32, val_every=5, alt_round=5)
+    with caplog.at_level("WARNING"):
+        squeezed = train_solver(small_gpu, schedule, train, val, LearnConfig(**cfg), progress=False)
+    assert "continuing with 16" in caplog.text and "continuing with 8" in caplog.text
+    planned = train_solver(den, schedule, train, val, LearnConfig(micro_batch=8, **cfg), progress=False)
+    assert torch.allclose(squeezed.solver.tables.b, planned.solver.tables.b, rtol=1e-12, atol=1e-14)

@@ -77,3 +77,86 @@ def tiny_sd3(tmp: Path, scheduler=None, seed: int = 0):
                                     tokenizer_2=clip_tokenizer(tmp / "tokenizer_2"), text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def t5_tokenizer(folder: Path, max_length: int = 8):
+    """A T5 (Unigram) tokenizer over letters, with and without the word-start mark, built offline."""
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(c, -3.0) for c in "abcdefghijklmnopqrstuvwxyz"] + [("\u2581" + c, -2.5) for c in "abcdefghijklmnopqrstuvwxyz"]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
+
+def tiny_t5():
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=56, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2,
+                                   pad_token_id=0, eos_token_id=1)).eval()
+
+
+def tiny_sd_text(tmp: Path, seed: int = 0):
+    """A ``StableDiffusionPipeline`` with the components of :func:`tiny_sd`."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**tiny_sd(tmp, seed=seed).components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl(tmp: Path, seed: int = 0):
+    """A ``StableDiffusionXLPipeline`` (8x8 latents, 4 channels, two CLIP encoders, micro-conditioning)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=2, norm_num_groups=4, addition_embed_type="text_time",
+                                addition_time_embed_dim=4, projection_class_embeddings_input_dim=8 + 6 * 4,
+                                transformer_layers_per_block=1).eval()
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=CLIPTextModel(_clip_config()).eval(),
+                                     text_encoder_2=CLIPTextModelWithProjection(_clip_config()).eval(),
+                                     tokenizer=clip_tokenizer(tmp / "tokenizer"),
+                                     tokenizer_2=clip_tokenizer(tmp / "tokenizer_2"), unet=unet, scheduler=scheduler,
+                                     force_zeros_for_empty_prompt=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_flux(tmp: Path, guidance_embeds: bool = True, seed: int = 0):
+    """A ``FluxPipeline`` (16x16 latents of 4 channels packed into 64 tokens of 16; CLIP and T5 encoders)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=4, num_attention_heads=2, joint_attention_dim=8,
+                                         pooled_projection_dim=8, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=(0, 2, 2)).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=tiny_vae(), text_encoder=CLIPTextModel(_clip_config()).eval(),
+                        tokenizer=clip_tokenizer(tmp / "tokenizer"), text_encoder_2=tiny_t5(),
+                        tokenizer_2=t5_tokenizer(tmp / "tokenizer_2"), transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_clip(folder: Path) -> Path:
+    """A random-weight ``CLIPModel`` with its ``CLIPProcessor`` (8x8 images), saved to ``folder``."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    text = _clip_config().to_dict()
+    vision = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=8,
+                  patch_size=4)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).eval()
+    images = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+    processor = CLIPProcessor(image_processor=images, tokenizer=clip_tokenizer(folder / "tok"))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -31,6 +31,7 @@ __all__ = [
     "GaussianMixture",
     "learn", "LearnConfig", "LearnResult", "PRESETS", "TeacherData",
     "S4SScheduler", "ClassConditionalPipeline", "sample_s4s", "load_model", "bundled_model_path",
+    "TextToImageOptions", "read_prompts",
 ]
 
 
@@ -52,4 +53,8 @@ def __getattr__(name: str):
         from s4s import models
 
         return getattr(models, name)
+    if name in ("TextToImageOptions", "read_prompts"):
+        from s4s import text2image
+
+        return getattr(text2image, name)
     raise AttributeError(f"module 's4s' has no attribute {name!r}")

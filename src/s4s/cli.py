@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -28,6 +27,7 @@ ARG_RULES: dict[str, tuple[str, Any]] = {
     "teacher_samples": ("an integer >= 2", lambda v: v >= 2),
     "steps": ("an integer >= 1", lambda v: v >= 1),
     "batch_size": ("an integer >= 1", lambda v: v >= 1),
+    "micro_batch": ("an integer >= 1", lambda v: v >= 1),
     "teacher_batch_size": ("an integer >= 1", lambda v: v >= 1),
     "val_every": ("an integer >= 1", lambda v: v >= 1),
     "seed": ("an integer >= 0", lambda v: v >= 0),
@@ -111,7 +111,7 @@ def _cmd_bench_baselines(args: argparse.Namespace) -> int:
 # s4s learn flag (dest) -> LearnConfig field; the flags left unset keep the preset's value.
 LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num_samples",
                "teacher_batch_size": "teacher_batch_size", "val_every": "val_every", "steps": "steps",
-               "batch_size": "batch_size", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
+               "batch_size": "batch_size", "micro_batch": "micro_batch", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
                "ball_radius": "ball_radius", "base": "base", "grid": "grid", "learn_a": "learn_a",
                "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors", "seed": "seed"}
 
@@ -129,10 +129,9 @@ def learn_config_from_args(args: argparse.Namespace) -> Any:
 def _cmd_learn(args: argparse.Namespace) -> int:
     import time
 
-    from s4s.bench.model import peak_memory_mb
+    from s4s.bench.model import peak_gpu_memory_mb, peak_memory_mb
     from s4s.io import check_writable, check_writable_dir
     from s4s.learning.api import learn
-    from s4s.models import load_model
 
     if args.out.exists() and not (args.force or args.resume):
         raise ValueError(f"{args.out} exists; pass --force to overwrite it (or --resume to continue its run)")
@@ -142,19 +141,22 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     config = learn_config_from_args(args)
     config.validate()
     t0 = time.time()
-    model = load_model(args.model, device=resolve_device(args.device), data=args.data)
+    model = load_model_from_args(args, cache=not args.no_cache)
     result = learn(model, config=config, run_dir=run_dir, resume=args.resume, cache=not args.no_cache)
     result.solver.save(args.out)
     meta = result.solver.metadata
     summary = {**result.summary(), "solver": str(args.out), "run_dir": str(run_dir), "wall_seconds": time.time() - t0,
-               "peak_memory_mb": peak_memory_mb()}
+               "peak_memory_mb": peak_memory_mb(), "peak_gpu_memory_mb": peak_gpu_memory_mb()}
     lines = [f"learned {meta['method']} NFE {result.solver.nfe} from {result.base}/{result.grid}: validation RMSE to the "
              f"teacher {meta['base_val_rmse']:.4f} -> {meta['val_rmse']:.4f} ({meta['loss']}: {meta['base_val_loss']:.4g} "
              f"-> {meta['val_loss']:.4g})"]
     if result.stopped:
         lines.append(f"stopped early: {result.stopped}")
-    lines.append(f"wrote {args.out} and {run_dir}/ ; wall time {summary['wall_seconds']:.0f} s, peak memory "
-                 f"{summary['peak_memory_mb']:.0f} MB")
+    gpu = summary["peak_gpu_memory_mb"]
+    per_step = summary["seconds_per_step"]
+    lines.append(f"wrote {args.out} and {run_dir}/ ; wall time {summary['wall_seconds']:.0f} s (teacher "
+                 f"{summary['teacher_seconds']:.0f} s{'' if per_step is None else f', {per_step:.3g} s per learning step'}), "
+                 f"peak memory {summary['peak_memory_mb']:.0f} MB{'' if gpu is None else f', GPU {gpu:.0f} MB'}")
     return emit(args, summary, "\n".join(lines))
 
 
@@ -162,7 +164,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from s4s.bench.model import feature_space_of, markdown_table, plot_fd, run_model_bench
-    from s4s.models import load_model
 
     from s4s.baselines import BASELINES, HEUN
     from s4s.bench.model import load_cells
@@ -180,7 +181,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          "NFE: replaced) or --force to overwrite them")
     earlier = load_cells([results]) if results.exists() and args.merge else []
     check_writable_dir(args.out, "--out")
-    model = load_model(args.model, device=resolve_device(args.device), data=args.data)
+    model = load_model_from_args(args, cache=not args.no_cache)
     scales = args.guidance or []
     if len(scales) > 1 or args.family is not None:
         return _bench_guidance(args, model, scales)
@@ -263,7 +264,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from dataclasses import asdict
 
-    from s4s.bench.model import feature_space_of, markdown_table, peak_memory_mb, run_model_bench
+    from s4s.bench.model import feature_space_of, markdown_table, peak_gpu_memory_mb, peak_memory_mb, run_model_bench
     from s4s.models import load_model
 
     t0 = time.time()
@@ -278,7 +279,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     text = (markdown_table(cells, f"s4s demo: {args.method} vs hand-designed solvers", notes)
             + f"total time {time.time() - t0:.0f} s, peak memory {peak_memory_mb():.0f} MB")
     return emit(args, {"cells": [asdict(c) for c in cells], "seconds": time.time() - t0,
-                       "peak_memory_mb": peak_memory_mb()}, text)
+                       "peak_memory_mb": peak_memory_mb(), "peak_gpu_memory_mb": peak_gpu_memory_mb()}, text)
 
 
 def resolve_device(name: str) -> str:
@@ -305,7 +306,6 @@ def resolve_device(name: str) -> str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from s4s.eval.features import feature_network_for
     from s4s.eval.runner import evaluate, resolve_sampler
-    from s4s.models import load_model
 
     from s4s.eval.runner import METRICS
     from s4s.io import check_writable
@@ -320,7 +320,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         check_writable(args.save_images, "--save-images")
     from s4s.family import GuidanceFamily
 
-    model = load_model(args.model, device=resolve_device(args.device), data=args.data)
+    model = load_model_from_args(args, cache=not args.no_cache)
     sampler = resolve_sampler(args.solver, model, args.nfe, args.grid)
     guidance = resolve_guidance(args.guidance, sampler)
     if isinstance(sampler, GuidanceFamily):  # the ordinary solver of the family at this scale
@@ -329,10 +329,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if "fd" in metrics:
         feature_net = feature_network_for(model.image_shape, model.data, args.inception_weights, args.reference_stats,
                                           model.device)
+    clip_scorer = None
+    if "clip" in metrics:
+        from s4s.eval.clip_score import CLIP_HELP, ClipScorer
+
+        if args.clip_model is None:
+            raise ValueError(f"--metrics clip: {CLIP_HELP}")
+        clip_scorer = ClipScorer(args.clip_model, model.device)
     result = evaluate(model, sampler, num_samples=args.num_samples, seed=args.seed, guidance=guidance,
                       metrics=metrics, teacher=args.teacher, batch_size=args.batch_size, feature_net=feature_net,
                       cache_dir=None if args.no_cache else default_cache_dir(),
-                      save_images=args.save_images, solver_label=args.solver)
+                      save_images=args.save_images, solver_label=args.solver, clip_scorer=clip_scorer)
     from s4s.solver import names_solver_file
 
     result["grid"] = None if names_solver_file(args.solver) else args.grid
@@ -340,8 +347,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     rmse = "-" if result["teacher_rmse"] is None else f"{result['teacher_rmse']:.4f} (vs {result['teacher']})"
     lines = [f"solver {result['solver']}  NFE {result['nfe']}  samples {result['num_samples']}  seed {result['seed']}",
              f"  FD:           {fd}", f"  teacher RMSE: {rmse}"]
+    if result["teacher_rmse_pixels"] is not None:
+        lines.append(f"  teacher RMSE, decoded images (clamped to [-1, 1]): {result['teacher_rmse_pixels']:.4f}")
     if result["accuracy"] is not None:
         lines.append(f"  accuracy:     {result['accuracy']:.4f}")
+    if result["clip_score"] is not None:
+        lines.append(f"  CLIP score:   {result['clip_score']:.2f}")
     lines.append(f"  time:         {result['seconds']:.1f} s (sampling {result['sample_seconds']:.1f} s)")
     return emit(args, result, "\n".join(lines))
 
@@ -387,6 +398,54 @@ def _add_data_option(p: argparse.ArgumentParser) -> None:
                         "and the perceptual loss); default: what the model folder declares, else none")
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--model`` and what loading it needs: ``--dtype``, ``--data`` and the text-to-image options."""
+    p.add_argument("--model", default=None, help="local diffusers model or pipeline folder: pixel / latent UNet "
+                                                 "pipelines, StableDiffusion(XL|3)Pipeline, FluxPipeline (default: "
+                                                 "the bundled MNIST UNet)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                   help="precision of the network's weights and calls (solver states and tables stay float32 / "
+                        "float64; a solver learned in one precision samples in any)")
+    g = p.add_argument_group("text-to-image pipelines")
+    g.add_argument("--prompts", type=Path, default=None,
+                   help="prompt file: one prompt a line, or a .csv / .jsonl with a caption column (learning splits it "
+                        "into learning and validation prompts)")
+    g.add_argument("--caption-column", default=None, help="the caption column of a .csv / .jsonl prompt file "
+                                                         "(default: the first of caption, text, prompt)")
+    g.add_argument("--negative-prompt", default=None, help="the unconditional branch of classifier-free guidance "
+                                                          "(default: the pipeline's: an empty prompt, or zeros for SDXL)")
+    g.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
+    g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
+    g.add_argument("--max-sequence-length", type=int, default=None,
+                   help="T5 tokens of SD3 / FLUX prompts (default: the pipeline's)")
+    _add_data_option(p)
+
+
+def load_model_from_args(args: argparse.Namespace, cache: bool = True) -> Any:
+    """The model ``--model`` names, loaded with ``--dtype``, ``--data`` and, for a text-to-image
+    pipeline, the prompts and image size."""
+    import torch
+
+    from s4s.models import load_model
+
+    text = None
+    if args.prompts is not None:
+        from s4s.text2image import TextToImageOptions, read_prompts
+
+        text = TextToImageOptions(tuple(read_prompts(args.prompts, args.caption_column)), args.negative_prompt,
+                                  args.height, args.width, args.max_sequence_length)
+    else:
+        given = [f"--{n.replace('_', '-')}" for n in ("caption_column", "negative_prompt", "height", "width",
+                                                      "max_sequence_length") if getattr(args, n) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} need --prompts (text-to-image pipelines)")
+    return load_model(args.model, device=resolve_device(args.device), dtype=getattr(torch, DTYPES[args.dtype]),
+                      data=args.data, text=text, cache=cache)
+
+
 def _add_json_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout")
 
@@ -423,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = command("learn", "learn a solver (S4S / S4S-Alt) for a model and an NFE budget")
-    p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: the bundled MNIST UNet)")
+    _add_model_options(p)
     p.add_argument("--nfe", type=int, required=True, help="model calls of the solver to learn")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="learning recipe; every flag below replaces one of its settings (s4s.learning.config)")
@@ -443,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "s4s ships a perceptual network for, else l2", "loss"))
     p.add_argument("--steps", type=int, default=None, help=_preset_help("optimiser steps", "steps"))
     p.add_argument("--batch-size", type=int, default=None, help=_preset_help("teacher samples per step", "batch_size"))
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="samples per forward/backward pass; gradients are summed over the batch, so the step is the "
+                        "same with less memory (large models on one GPU: 1 or 2; default: the whole batch)")
     p.add_argument("--val-every", type=int, default=None,
                    help=_preset_help("steps between validations (and checkpoints)", "val_every"))
     p.add_argument("--lr", type=float, default=None,
@@ -468,7 +530,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder from its checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.add_argument("--no-cache", action="store_true", help="do not cache teacher samples (default: $S4S_CACHE/teacher)")
-    _add_data_option(p)
     _add_device_option(p)
     _add_json_option(p)
     p.set_defaults(func=_cmd_learn)
@@ -476,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     from s4s.baselines import BASELINES
 
     p = command("bench", "every baseline and learned method over NFE on a model: table, JSON, plot")
-    p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: the bundled MNIST UNet)")
+    _add_model_options(p)
     p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10], help="model-call budgets")
     p.add_argument("--baselines", nargs="*", default=sorted(BASELINES), help="none: learned methods only")
     p.add_argument("--grids", nargs="+", default=["time", "logsnr"], help="grids each baseline is tried on")
@@ -495,7 +556,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="add to the cells of an existing results.json in --out "
                                                         "(a cell of the same method and NFE is replaced)")
     p.add_argument("--force", action="store_true", help="overwrite an existing results.json in --out")
-    _add_data_option(p)
     _add_device_option(p)
     _add_json_option(p)
     p.set_defaults(func=_cmd_bench)
@@ -510,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench_report)
 
     p = command("eval", "sample a model with a solver and measure FD / distance to a teacher")
-    p.add_argument("--model", default=None, help="local diffusers model or pipeline folder (default: the bundled MNIST UNet)")
+    _add_model_options(p)
     p.add_argument("--solver", default="dpmpp_3m", help="baseline name or a solver .json file")
     p.add_argument("--nfe", type=int, default=None, help="model calls (needed with a baseline name)")
     p.add_argument("--grid", default="logsnr", help="time grid for a baseline: edm, time, logsnr, quadratic")
@@ -521,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "records, else unguided; 'none': unguided")
     p.add_argument("--clamp-guidance", action="store_true",
                    help="a guidance family outside its learned range: use the nearest end (default: refused)")
-    p.add_argument("--metrics", default="fd", help="comma list of: fd, teacher")
+    p.add_argument("--metrics", default="fd", help="comma list of: fd, teacher, clip (text-to-image, needs "
+                                                   "--clip-model)")
+    p.add_argument("--clip-model", type=Path, default=None, help="local transformers CLIP folder for --metrics clip")
     p.add_argument("--teacher", default="unipc_bh2:100", help="NAME:NFE or rk45:TOL, the reference solver for "
                                                               "--metrics teacher")
     p.add_argument("--batch-size", type=int, default=500, help="samples per sampling batch")
@@ -530,7 +592,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not cache teacher samples")
     p.add_argument("--save-images", type=Path, default=None, help="write the first 100 samples as a PNG grid")
     p.add_argument("--force", action="store_true", help="overwrite an existing --save-images file")
-    _add_data_option(p)
     _add_device_option(p)
     _add_json_option(p)
     p.set_defaults(func=_cmd_eval)

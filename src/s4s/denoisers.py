@@ -26,7 +26,7 @@ from s4s.diffusers_config import read_scheduler_config, spec_for_schedule
 from s4s.prediction import PREDICTION_TYPES, check_prediction_type, to_denoised
 from s4s.schedules import EDM, Flow, Schedule
 
-__all__ = ["Denoiser", "fingerprint_module", "fingerprint_of", "clip_of", "device_of"]
+__all__ = ["Denoiser", "fingerprint_module", "fingerprint_of", "clip_of", "device_of", "condition_digest_of"]
 
 ModelFn = Callable[[Tensor, Tensor, Any], Tensor]
 
@@ -59,6 +59,11 @@ def clip_of(denoiser: Callable[..., Tensor]) -> Optional[list[float]]:
     return None if clip is None else [float(c) for c in clip]
 
 
+def condition_digest_of(denoiser: Callable[..., Tensor]) -> Optional[str]:
+    """What a :class:`Denoiser`'s conditions index (e.g. a prompt-embedding table), or None."""
+    return denoiser.condition_digest if isinstance(denoiser, Denoiser) else None
+
+
 def device_of(denoiser: Callable[..., Tensor]) -> Optional[torch.device]:
     """Where a :class:`Denoiser`'s network runs (None for a plain callable or a module-less denoiser)."""
     return denoiser.device if isinstance(denoiser, Denoiser) else None
@@ -86,15 +91,23 @@ class Denoiser:
     ``null_cond`` is the unconditional input used by classifier-free guidance. ``clip_range``
     clamps the (guided) D to the data range, e.g. ``(-1, 1)`` for images: the exact posterior
     mean of data in that box lies in it, so this only removes network error (static thresholding).
+
+    ``guidance_input=True`` is for guidance-distilled networks that take the scale as an input
+    (FLUX.1-dev): ``fn`` then receives ``(cond, guidance)`` as its condition and there is no
+    unconditional branch. ``condition_digest`` names what a condition *means* when it is an index
+    into tables the network does not own (text-to-image prompt embeddings), so that teacher samples
+    for other prompts are cached apart.
     """
 
     def __init__(self, fn: ModelFn, schedule: Schedule, null_cond: Any = None,
                  time_fn: Optional[Callable[[Tensor], Tensor]] = None, fingerprint: Optional[str] = None,
                  name: str = "denoiser", clip_range: Optional[tuple[float, float]] = None,
-                 module: Optional[torch.nn.Module] = None):
+                 module: Optional[torch.nn.Module] = None, guidance_input: bool = False,
+                 condition_digest: Optional[str] = None):
         self.fn, self.schedule, self.null_cond, self.clip_range = fn, schedule, null_cond, clip_range
         self.time_fn = time_fn or (lambda t: t)
         self.fingerprint, self.name, self.module = fingerprint, name, module
+        self.guidance_input, self.condition_digest = bool(guidance_input), condition_digest
 
     @property
     def device(self) -> Optional[torch.device]:
@@ -105,7 +118,9 @@ class Denoiser:
         """``D(x, t)``; ``t`` a scalar or per-sample times; with ``guidance`` one batched guided call."""
         t = t.to(x.device) if isinstance(t, Tensor) else torch.as_tensor(t, device=x.device)  # .to keeps gradients
         t = (t.expand(x.shape[0]) if t.ndim == 0 else t).to(torch.float64)
-        if guidance is None or cond is None:
+        if self.guidance_input:
+            d = check_model_output(self.fn(x, self.time_fn(t), (cond, guidance)), x, self.name)
+        elif guidance is None or cond is None:
             d = check_model_output(self.fn(x, self.time_fn(t), cond), x, self.name)
         else:
             if self.null_cond is None:
@@ -168,7 +183,8 @@ class Denoiser:
         """
         schedule = schedule or EDM()
         if isinstance(net, torch.nn.Module):
-            kw.setdefault("fingerprint", fingerprint_module(net))
+            if "fingerprint" not in kw:  # hashing every weight is slow for large models: only when not given
+                kw["fingerprint"] = fingerprint_module(net)
             kw.setdefault("name", type(net).__name__)
             kw.setdefault("module", net)
 
@@ -222,7 +238,8 @@ class Denoiser:
 
         time_fn = kw.pop("time_fn", None) or ((lambda t: t * scale) if scale != 1.0 else None)
         kw.setdefault("clip_range", clip)
-        kw.setdefault("fingerprint", fingerprint_module(model))
+        if "fingerprint" not in kw:  # hashing every weight is slow for large models: only when not given
+            kw["fingerprint"] = fingerprint_module(model)
         kw.setdefault("name", type(model).__name__)
         kw.setdefault("module", model)
         return cls.from_prediction(fn, schedule, kind, time_fn=time_fn, null_cond=null_cond, **kw)

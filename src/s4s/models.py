@@ -62,6 +62,12 @@ class LoadedModel:
     decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = field(default=None, repr=False)
     image_shape: tuple[int, ...] = ()
     data: Optional[str] = None    # the declared data set (s4s.bundled.DATA_SETS), which picks feature networks
+    # text-to-image pipelines (s4s.text2image): conditions are indices into these prompts
+    prompts: Optional[tuple[str, ...]] = None
+    guidance_input: bool = False  # the network takes the guidance scale as an input (FLUX.1-dev)
+    has_null: bool = True         # an unconditional branch exists (the null class / the negative prompt)
+    metadata: dict[str, Any] = field(default_factory=dict)  # recorded in solvers learned on this model
+    pipeline: Any = field(default=None, repr=False)          # the diffusers pipeline it came from, if any
 
     def __post_init__(self) -> None:
         if not self.image_shape:
@@ -73,20 +79,46 @@ class LoadedModel:
 
     @property
     def null_label(self) -> Optional[int]:
-        return self.num_classes if self.num_classes else None
+        return self.num_classes if self.num_classes and self.has_null else None
 
     def labels(self, n: int, start: int = 0, guided: bool = True) -> Optional[torch.Tensor]:
-        """Class-balanced labels ``(start + i) mod K`` (or the null label when not ``guided``)."""
+        """Class-balanced labels ``(start + i) mod K`` (or the null label when not ``guided``); for a
+        text-to-image model the prompt indices ``(start + i) mod K`` whether guided or not."""
         if not self.num_classes:
             return None
-        if not guided:
+        if not guided and self.prompts is None:
             return torch.full((n,), self.num_classes, dtype=torch.long)
         return (torch.arange(n) + start) % self.num_classes
 
+    def learning_labels(self, n: int, val_fraction: float, guided: bool) -> Optional[torch.Tensor]:
+        """Labels of ``n`` teacher noises whose last :func:`~s4s.teacher.validation_count` are for
+        validation. Prompts are split so
+        that validation prompts are never learned on: the first ``n - n_val`` noises cycle over the
+        learning prompts, the rest over the validation prompts (:func:`s4s.text2image.prompts.split_prompts`)."""
+        if self.prompts is None:
+            return self.labels(n, guided=guided)
+        from s4s.teacher import validation_count
+        from s4s.text2image.prompts import split_prompts
+
+        n_val = validation_count(n, val_fraction)
+        k = split_prompts(len(self.prompts), val_fraction)
+        learn = torch.arange(n - n_val) % k
+        val = k + torch.arange(n_val) % (len(self.prompts) - k)
+        return torch.cat([learn, val])
+
     def check_guidance(self, guidance: Optional[float]) -> None:
-        """Refuse a guidance scale for a model without classes (there is nothing to guide towards)."""
+        """Refuse a guidance scale where there is nothing to guide towards (no classes, no unconditional
+        branch), and a missing one for a network that takes the scale as an input."""
+        if self.guidance_input:
+            if guidance is None:
+                raise ValueError(f"{self.name} takes its guidance scale as an input (guidance-distilled, e.g. "
+                                 "FLUX.1-dev): pass --guidance W (FluxPipeline's default is 3.5)")
+            return
         if guidance is not None and not self.num_classes:
             raise ValueError(f"--guidance needs a class-conditional model; {self.name} has no class labels")
+        if guidance is not None and not self.has_null:
+            raise ValueError(f"{self.name} has no unconditional branch (no negative prompt): it samples unguided; "
+                             "drop --guidance")
 
     @property
     def device(self) -> torch.device:
@@ -134,14 +166,18 @@ def _scheduler_config(folder: Path) -> dict[str, Any]:
 
 def load_model(path: Optional[str | Path] = None, device: torch.device | str = "cpu",
                dtype: torch.dtype = torch.float32, clip_denoised: Optional[bool] = None,
-               data: Optional[str] = None) -> LoadedModel:
+               data: Optional[str] = None, text: Any = None, cache: bool = True) -> LoadedModel:
     """Load a model for sampling (see module doc). ``data`` names the data set the model was trained on
     when it is one s4s ships networks for (:data:`s4s.bundled.DATA_SETS`); by default the pipeline
     folder's declaration (``"_s4s_data"`` in ``model_index.json``), else none. ``clip_denoised`` clamps D to the data range
     ``[-r, r]`` (the true posterior mean of data in that range lies there); default (``None``): as the
     folder's scheduler config says (``clip_sample``, ``clip_sample_range``; the bundled model's is on,
     r = 1), so a folder samples the same whether it is named by path or is the default; ``True``
-    forces it (r from the config, else 1), ``False`` turns it off."""
+    forces it (r from the config, else 1), ``False`` turns it off.
+
+    Text-to-image pipeline folders (Stable Diffusion 1.x / 2.x, SDXL, SD3, FLUX) need ``text``, a
+    :class:`s4s.text2image.TextToImageOptions` with the prompts; they load through
+    :func:`s4s.text2image.load_text_to_image` (``cache``: the prompt-embedding cache)."""
     bundled = path is None
     folder = bundled_model_path() if bundled else Path(path)
     if not folder.exists():
@@ -150,15 +186,29 @@ def load_model(path: Optional[str | Path] = None, device: torch.device | str = "
     pipeline_name = None
     if (folder / "model_index.json").is_file():
         index = _read_json(folder / "model_index.json")
+        from s4s.text2image.pipelines import TEXT_TO_IMAGE_PIPELINES
+
+        if index.get("_class_name") in TEXT_TO_IMAGE_PIPELINES:
+            if text is None:
+                raise ValueError(f"{folder} is a text-to-image pipeline ({index['_class_name']}): give prompts "
+                                 "(--prompts FILE)")
+            if clip_denoised or data is not None:
+                raise ValueError("clip_denoised / --data do not apply to text-to-image pipelines")
+            from s4s.text2image.loader import load_text_to_image
+
+            return load_text_to_image(folder, text, device=device, dtype=dtype, cache=cache)
         if "unet" not in index:
-            raise ValueError(f"{folder}: pipeline has no 'unet' component (transformer pipelines: use the Python API, "
-                             "Denoiser.from_diffusers / from_flow with your module)")
+            raise ValueError(f"{folder}: pipeline {index.get('_class_name')} is not supported (no 'unet' component); "
+                             f"text-to-image pipelines supported: {', '.join(TEXT_TO_IMAGE_PIPELINES)}; others: the "
+                             "Python API, Denoiser.from_diffusers / from_flow with your module")
         decode = _load_decoder(folder, index, device, dtype)
         declared = index.get(DATA_KEY)
         if data is None and declared is not None:
             data = str(declared)
         pipeline_name = folder.name
         folder = folder / "unet"
+    if text is not None:
+        raise ValueError(f"--prompts is for text-to-image pipeline folders; {folder} is not one")
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder}: not a diffusers model folder (no config.json)")
     config = _read_json(folder / "config.json")

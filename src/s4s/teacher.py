@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,14 +32,14 @@ from s4s import distributed
 from s4s.adaptive import rk45_sample
 from s4s.baselines import baseline
 from s4s.checks import NonFiniteError
-from s4s.denoisers import clip_of, fingerprint_of
+from s4s.denoisers import clip_of, condition_digest_of, fingerprint_of
 from s4s.io import atomic_write, atomic_write_text, check_writable_dir
 from s4s.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TeacherData", "make_teacher_data", "parse_teacher", "teacher_sampler", "sample_noise", "DEFAULT_TEACHER",
-           "default_cache_dir"]
+           "default_cache_dir", "validation_count"]
 
 DEFAULT_TEACHER = "unipc_bh2:50"
 
@@ -111,6 +112,12 @@ class TeacherData:
         return part(slice(0, num_train)), part(slice(num_train, None))
 
 
+def validation_count(num_samples: int, val_fraction: float) -> int:
+    """How many of ``num_samples`` teacher samples are held out for validation: the last
+    ``round(num_samples * val_fraction)``, at least one."""
+    return max(1, int(round(num_samples * val_fraction)))
+
+
 def _key(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -169,6 +176,8 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
             "seed": seed, "num_samples": num_samples, "shape": list(shape), "guidance": guidance,
             "labels": None if labels is None else hashlib.sha256(labels.numpy().tobytes()).hexdigest()[:16],
             "batch_size": batch_size, "clip": clip_of(denoiser)}
+    if condition_digest_of(denoiser) is not None:  # conditions index prompt embeddings: which ones
+        meta["conditions"] = condition_digest_of(denoiser)
     folder = None
     if cache_dir is not None and fingerprint is None:
         log.info("teacher samples not cached: the denoiser has no fingerprint (s4s.Denoiser(..., fingerprint=...) "
@@ -188,6 +197,9 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
             raise ValueError(f"teacher cache {folder} was made for a different request; delete it or use another cache_dir")
     starts = list(range(0, num_samples, batch_size))
     counts = {"calls": 0, "computed": 0}
+    values = num_samples * math.prod(shape)
+    log.info("teacher %s: %d samples of shape %s in %d batches; %.1f MB of float32 %s", teacher, num_samples,
+             tuple(shape), len(starts), values * 4 / 2**20, f"on disk in {folder}" if folder else "in memory")
     t0 = time.time()
     bar = tqdm(total=len(starts), desc=f"teacher {teacher}", disable=not (progress and distributed.is_main()))
 
@@ -202,11 +214,20 @@ def make_teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape
                 if cached is not None:
                     return cached
             cond = None if labels is None else labels[start:stop].to(device)
-            with torch.no_grad():
-                x0, batch_calls = sampler(denoiser, x_T[start:stop].to(device), cond, guidance)
+            t_batch = time.time()
+            try:
+                with torch.no_grad():
+                    x0, batch_calls = sampler(denoiser, x_T[start:stop].to(device), cond, guidance)
+            except torch.cuda.OutOfMemoryError as err:
+                raise RuntimeError(f"out of GPU memory running the teacher on {stop - start} samples at a time: lower "
+                                   "--teacher-batch-size (teacher_batch_size)") from err
             x0 = x0.cpu()
             counts["calls"] += batch_calls
             counts["computed"] += 1
+            if counts["computed"] == 1 and len(starts) > 1:
+                took = time.time() - t_batch
+                log.info("teacher: one batch took %.1f s; the whole request about %.0f s on %d process(es)", took,
+                         took * len(starts) / distributed.world_size(), distributed.world_size())
             if not bool(torch.isfinite(x0).all()):
                 raise NonFiniteError(f"teacher {teacher} produced NaN/inf in samples {start}..{stop}")
             if path is not None:  # atomic, unique temporary name: an interrupted batch is redone, never half-read

@@ -33,11 +33,18 @@ from s4s.plotting import line_plot
 log = logging.getLogger(__name__)
 
 __all__ = ["BenchCell", "run_model_bench", "run_guidance_bench", "markdown_table", "guidance_table", "plot_fd",
-           "plot_fd_vs_guidance", "peak_memory_mb", "load_cells", "save_cells"]
+           "plot_fd_vs_guidance", "peak_memory_mb", "peak_gpu_memory_mb", "load_cells", "save_cells"]
 
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (Linux ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_gpu_memory_mb() -> Optional[float]:
+    """Peak memory PyTorch allocated on this process's current CUDA GPU, or None without one."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 @dataclass

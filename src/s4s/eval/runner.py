@@ -7,10 +7,15 @@ Metrics (each ``None`` in the result when not asked for):
 * ``teacher_rmse`` - RMSE to a many-step teacher's samples from the *same* noise, and
   ``teacher_feature_l2`` - mean L2 distance between their features (a perceptual distance);
 * ``accuracy`` - how often the bundled classifier recognises the requested class (guided
-  class-conditional sampling only).
+  class-conditional sampling only);
+* ``clip_score`` - text-to-image models: the mean CLIP score of each image and its prompt
+  (:mod:`s4s.eval.clip_score`, local CLIP weights).
 
 For latent models the samples are decoded by the pipeline's VAE before features and images;
-the teacher RMSE stays in latent space.
+``teacher_rmse`` stays in latent space (no clamp: latents have no data range) and
+``teacher_rmse_pixels`` compares the decoded images clamped to ``[-1, 1]``, what a pipeline shows.
+For text-to-image models noise ``i`` is paired with prompt ``i mod K``; a learned solver refuses
+evaluation prompts it was learned or validated on (it records their hashes).
 """
 
 from __future__ import annotations
@@ -29,18 +34,20 @@ from s4s.baselines import HeunSampler, baseline
 from s4s.eval.features import FeatureNetwork, feature_network_for
 from s4s.eval.frechet import FeatureStats, frechet_distance
 from s4s.eval.images import save_image_grid
+from s4s.io import atomic_write_text
 from s4s.denoisers import clip_of
 from s4s.teacher import DEFAULT_TEACHER, make_teacher_data, sample_noise
 from s4s.models import LoadedModel
 from s4s.family import GuidanceFamily, load_solver
 from s4s.solver import Solver, names_solver_file
+from s4s.text2image.prompts import prompt_hashes
 
 log = logging.getLogger(__name__)
 
 __all__ = ["resolve_sampler", "generate", "evaluate", "batched", "METRICS"]
 
 Sampler = Union[Solver, HeunSampler, GuidanceFamily]
-METRICS = ("fd", "teacher")
+METRICS = ("fd", "teacher", "clip")
 
 
 def resolve_sampler(spec: str, model: LoadedModel, nfe: Optional[int] = None, grid: str = "logsnr") -> Sampler:
@@ -54,6 +61,7 @@ def resolve_sampler(spec: str, model: LoadedModel, nfe: Optional[int] = None, gr
         fp = solver.metadata.get("model_fingerprint")
         if fp and model.fingerprint and fp != model.fingerprint:
             log.warning("%s was learned on model %s, evaluating on %s", spec, fp, model.fingerprint)
+        _check_prompts_held_out(spec, solver.metadata, model)
         clip = clip_of(model.denoiser)
         if "denoiser_clip" in solver.metadata and solver.metadata["denoiser_clip"] != clip:
             log.warning("%s was learned with D clamped to %s, this model clamps to %s (load_model's clip_denoised)",
@@ -62,6 +70,17 @@ def resolve_sampler(spec: str, model: LoadedModel, nfe: Optional[int] = None, gr
     if nfe is None:
         raise ValueError(f"--nfe is needed with a named solver ({spec!r})")
     return baseline(spec, model.schedule, nfe, grid=grid)
+
+
+def _check_prompts_held_out(spec: str, metadata: dict[str, Any], model: LoadedModel) -> None:
+    """Refuse evaluation prompts a learned solver saw (for learning or validation)."""
+    seen = set(metadata.get("prompt_hashes") or ())
+    if not seen or model.prompts is None:
+        return
+    used = [p for p, h in zip(model.prompts, prompt_hashes(model.prompts)) if h in seen]
+    if used:
+        raise ValueError(f"{len(used)} of the {len(model.prompts)} evaluation prompts were used to learn {spec} (e.g. "
+                         f"{used[0]!r}); evaluate on prompts held out from learning")
 
 
 def sampling_labels(model: LoadedModel, num_samples: int, guidance: Optional[float]) -> Optional[Tensor]:
@@ -115,11 +134,15 @@ def _decode(model: LoadedModel, samples: Tensor) -> Tensor:
 def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, seed: int = 0,
              guidance: Optional[float] = None, metrics: Sequence[str] = ("fd",), teacher: str = DEFAULT_TEACHER,
              batch_size: int = 500, feature_net: Optional[FeatureNetwork] = None, cache_dir: Optional[Path] = None,
-             save_images: Optional[Path] = None, progress: bool = True, solver_label: Optional[str] = None) -> dict[str, Any]:
-    """Sample and measure; returns a JSON-able dict (see module doc for the keys)."""
+             save_images: Optional[Path] = None, progress: bool = True, solver_label: Optional[str] = None,
+             clip_scorer: Any = None) -> dict[str, Any]:
+    """Sample and measure; returns a JSON-able dict (see module doc for the keys). ``clip_scorer`` (a
+    :class:`~s4s.eval.clip_score.ClipScorer`) is needed for the ``clip`` metric."""
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    if "clip" in metrics and (clip_scorer is None or model.prompts is None):
+        raise ValueError("the clip metric needs a text-to-image model (--prompts) and local CLIP weights (--clip-model)")
     model.check_guidance(guidance)
     distributed.setup()  # under torchrun: join the launcher's process group if the script has not
     t0 = time.time()
@@ -132,7 +155,7 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         "solver": solver_label or sampler.metadata.get("source", "solver"), "nfe": sampler.nfe,
         "num_samples": num_samples, "seed": seed, "guidance": guidance, "model": model.name,
         "fd": None, "feature_space": None, "teacher_rmse": None, "teacher_feature_l2": None, "teacher": None,
-        "accuracy": None,
+        "accuracy": None, "clip_score": None, "teacher_rmse_pixels": None,
     }
     images = _decode(model, samples)
     feats = batched(feature_net.features, images, device=feature_net.device) if feature_net is not None else None
@@ -153,12 +176,22 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
                                  cache_dir=cache_dir, progress=progress, device=model.device)
         result["teacher"] = teacher
         result["teacher_rmse"] = float((samples - data.x0).pow(2).mean().sqrt())
+        teacher_images = _decode(model, data.x0) if model.is_latent or feats is not None else None
+        if model.is_latent:
+            result["teacher_rmse_pixels"] = float((images.clamp(-1, 1) - teacher_images.clamp(-1, 1)).pow(2).mean().sqrt())
         if feats is not None:
-            teacher_feats = batched(feature_net.features, _decode(model, data.x0), device=feature_net.device)
+            teacher_feats = batched(feature_net.features, teacher_images, device=feature_net.device)
             result["teacher_feature_l2"] = float((feats - teacher_feats).norm(dim=1).mean())
+    prompts = None if model.prompts is None or labels is None else [model.prompts[int(k)] for k in labels]
+    if "clip" in metrics:
+        scores = torch.cat([clip_scorer.score(images[i:i + 64], prompts[i:i + 64]) for i in range(0, num_samples, 64)])
+        result["clip_score"] = float(scores.mean())
     if save_images is not None:
         if distributed.is_main():
             save_image_grid(images[:100], save_images, nrow=10)
+            if prompts is not None:  # which prompt each cell shows, row by row
+                lines = [f"row {k // 10 + 1}, column {k % 10 + 1}: {p}" for k, p in enumerate(prompts[:100])]
+                atomic_write_text(save_images.with_suffix(".prompts.txt"), "\n".join(lines) + "\n")
         result["images"] = str(save_images)
     result["sample_seconds"] = sample_seconds
     result["seconds"] = time.time() - t0

@@ -22,7 +22,7 @@ from s4s.family import anchor_scales, training_scales
 from s4s.learning.trainer import Condition, LearnResult, save_run, train_family, train_solver
 from s4s.models import LoadedModel
 from s4s.schedules import Schedule
-from s4s.teacher import TeacherData, default_cache_dir, make_teacher_data
+from s4s.teacher import TeacherData, default_cache_dir, make_teacher_data, validation_count
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
     returns the same result (docs/design.md §7).
     """
     base = config if config is not None else preset_config(preset)
+    model_meta: dict[str, Any] = dict(model.metadata) if isinstance(model, LoadedModel) else {}
     config = base.with_options(**options)
     if nfe is not None:
         config = config.with_options(nfe=nfe)
@@ -67,7 +68,7 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
         if schedule is not None and schedule != model.schedule:
             raise ValueError(f"schedule {schedule!r} differs from the loaded model's {model.schedule!r}")
         schedule, shape = model.schedule, tuple(shape or model.sample_shape)
-        model.check_guidance(config.guidance)
+        model.check_guidance(config.guidance if config.guidance_range is None else config.guidance_range[0])
         device = device if device is not None else model.device
         if config.decode_loss and decode is None:
             if not model.is_latent:
@@ -79,8 +80,13 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
             loss, feature_fn = resolve_loss(model, config.loss)
             config = config.with_options(loss=loss)
         if labels is None and teacher_data is None:
-            labels = model.labels(_noises_per_scale(config),
-                                  guided=config.guidance is not None or config.guidance_range is not None)
+            labels = model.learning_labels(_noises_per_scale(config), config.val_fraction,
+                                           guided=config.guidance is not None or config.guidance_range is not None)
+        if model.prompts is not None and config.guidance is None and config.guidance_range is None \
+                and not model.guidance_input:
+            log.warning("learning for the conditional model alone (no classifier-free guidance); text-to-image "
+                        "pipelines guide by default (e.g. guidance_scale=7.5): pass --guidance W to learn for the "
+                        "scale you will sample at")
         denoiser: Callable[..., Tensor] = model.denoiser
     else:
         denoiser = model
@@ -105,7 +111,7 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
         if teacher_data is not None:
             raise ValueError("teacher_data cannot be given for a guidance range: the teacher runs at each training scale")
         return _learn_family(denoiser, schedule, tuple(shape), config, labels, feature_fn, decode, cache, cache_dir,
-                             run_dir, resume, progress, device)
+                             run_dir, resume, progress, device, model_meta)
     teacher_seconds = 0.0
     if teacher_data is None:
         t0 = time.time()
@@ -113,7 +119,7 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
                                      config.num_samples, cache, cache_dir, progress, device)
         teacher_seconds = time.time() - t0
     train, val = _split(teacher_data, config.val_fraction, "teacher samples")
-    meta = _run_metadata(denoiser, decode, teacher=teacher_data.meta.get("teacher", config.teacher),
+    meta = _run_metadata(denoiser, decode, model_meta, teacher=teacher_data.meta.get("teacher", config.teacher),
                          num_samples=len(teacher_data))
     result = train_solver(denoiser, schedule, train, val, config, run_dir, resume, progress, feature_fn, meta, decode,
                           device=device)
@@ -132,17 +138,18 @@ def _teacher_data(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tu
 
 def _split(data: TeacherData, val_fraction: float, what: str) -> tuple[TeacherData, TeacherData]:
     """(training, validation) parts: the last ``val_fraction`` (at least one sample) is held out."""
-    n_val = max(1, int(round(len(data) * val_fraction)))
+    n_val = validation_count(len(data), val_fraction)
     if len(data) - n_val < 1:
         raise ValueError(f"{len(data)} {what} leave none for training")
     return data.split(len(data) - n_val)
 
 
 def _run_metadata(denoiser: Callable[..., Tensor], decode: Optional[Callable[[Tensor], Tensor]],
-                  **fields: Any) -> dict[str, Any]:
-    """What the learned solver records about its run: ``fields``, the model's fingerprint and clamp, and
-    whether the loss was measured on decoded images."""
-    meta = {**fields, "model_fingerprint": fingerprint_of(denoiser), "denoiser_clip": clip_of(denoiser)}
+                  model_meta: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """What the learned solver records about its run: what the loaded model says of itself (a
+    text-to-image pipeline: class, resolution, ``mu``, prompt hashes), ``fields``, the model's
+    fingerprint and clamp, and whether the loss was measured on decoded images."""
+    meta = {**model_meta, **fields, "model_fingerprint": fingerprint_of(denoiser), "denoiser_clip": clip_of(denoiser)}
     if decode is not None:
         meta["loss_space"] = "decoded"
     return meta
@@ -168,7 +175,8 @@ def _noises_per_scale(config: LearnConfig) -> int:
 def _learn_family(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tuple[int, ...], config: LearnConfig,
                   labels: Optional[Tensor], feature_fn: Optional[Callable[[Tensor], Tensor]],
                   decode: Optional[Callable[[Tensor], Tensor]], cache: bool, cache_dir: Optional[Path],
-                  run_dir: Optional[Path], resume: bool, progress: bool, device: torch.device) -> LearnResult:
+                  run_dir: Optional[Path], resume: bool, progress: bool, device: torch.device,
+                  model_meta: dict[str, Any]) -> LearnResult:
     """A guidance family: teacher data at every training scale (same noises and labels), then
     :func:`~s4s.learning.trainer.train_family`."""
     lo, hi = (float(v) for v in config.guidance_range)
@@ -183,7 +191,7 @@ def _learn_family(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tu
         data = _teacher_data(denoiser, schedule, shape, config, labels, w, per, cache, cache_dir, progress, device)
         conditions.append(Condition(w, *_split(data, config.val_fraction, "teacher samples per scale")))
     teacher_seconds = time.time() - t0
-    meta = _run_metadata(denoiser, decode, teacher=config.teacher, num_samples=per * len(scales),
+    meta = _run_metadata(denoiser, decode, model_meta, teacher=config.teacher, num_samples=per * len(scales),
                          guidance_range=[lo, hi], anchors=anchors, training_scales=scales)
     result = train_family(denoiser, schedule, conditions, anchors, config, run_dir, resume, progress, feature_fn, meta,
                           decode, device=device)

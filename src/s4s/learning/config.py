@@ -65,6 +65,8 @@ class LearnConfig:
     # optimisation
     steps: int = 400
     batch_size: int = 32
+    micro_batch: Optional[int] = None  # samples per forward/backward pass (gradients summed: the same step); None: the
+    #                                    whole batch, halved automatically when a pass runs out of GPU memory
     lr: Optional[float] = None         # coefficient residuals; None: default_lr(nfe)
     grid_lr: float = 2e-2              # grid logits and input-time shifts
     warmup: int = 10
@@ -127,6 +129,8 @@ class LearnConfig:
         for name in ("steps", "batch_size", "val_every", "alt_round", "teacher_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         for name in ("lr", "grid_lr", "ball_lr"):

@@ -80,6 +80,7 @@ class LearnResult:
     seconds: float = 0.0
     config: Optional[LearnConfig] = None
     teacher_seconds: float = 0.0
+    seconds_per_step: Optional[float] = None  # mean wall time of one optimiser step (forward, backward, update)
 
     @property
     def base(self) -> str:
@@ -97,7 +98,8 @@ class LearnResult:
         return {"method": meta["method"], "nfe": self.solver.nfe, "base": self.base, "grid": self.grid,
                 "loss": meta["loss"], "base_val_loss": meta["base_val_loss"], "val_loss": meta["val_loss"],
                 "base_val_rmse": meta["base_val_rmse"], "val_rmse": meta["val_rmse"], "steps": meta["steps"],
-                "stopped": self.stopped, "seconds": self.seconds, "teacher_seconds": self.teacher_seconds}
+                "stopped": self.stopped, "seconds": self.seconds, "teacher_seconds": self.teacher_seconds,
+                "seconds_per_step": self.seconds_per_step}
 
 
 def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], distance, data: TeacherData,
@@ -150,7 +152,7 @@ def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: Optional
             total = 0.0
             for c in conditions:
                 fn = lambda x, cond, w=c.guidance: solver.sample(denoiser, x, cond, w, check_finite=False)  # noqa: E731
-                total += _batched_loss(fn, distance, c.val, 4 * config.batch_size)
+                total += _batched_loss(fn, distance, c.val, 4 * (config.micro_batch or config.batch_size))
             losses[f"{base}/{grid}"] = total / len(conditions)
     finite = {k: v for k, v in losses.items() if math.isfinite(v)}
     if not finite:
@@ -397,7 +399,8 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         for c in conditions:
             solver = model.solver_at(c.guidance)
             loss, mse = _batched_loss(lambda x, cond: solver.sample(denoiser, x, cond, c.guidance, check_finite=False),
-                                      distance, c.val, 4 * config.batch_size, also_mse=True, clip=clip_of(denoiser))
+                                      distance, c.val, 4 * (config.micro_batch or config.batch_size), also_mse=True,
+                                      clip=clip_of(denoiser))
             per[key(c)] = loss
             total_loss, total_mse = total_loss + weights.get(key(c), 1.0) * loss, total_mse + mse
         return total_loss / len(conditions), total_mse / len(conditions), per
@@ -432,7 +435,10 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                          f"({distributed.world_size()}): every rank needs a share of each batch")
     bar = tqdm(total=config.steps, initial=state.step, desc=f"learn {config.method} nfe={config.nfe}",
                disable=not (progress and distributed.is_main()))
+    step_seconds, steps_timed = 0.0, 0
+    micro = config.micro_batch  # halved when a pass runs out of GPU memory
     while state.step < config.steps:
+        t_step = time.time()
         phase = phase_at(config, state.step)
         # one guidance scale per mini-batch, drawn at random (a single-scale run draws nothing extra)
         condition = conditions[0] if single else conditions[int(torch.randint(0, len(conditions), (1,),
@@ -443,24 +449,32 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
             idx_all, idx = idx, idx[distributed.shard_slice(config.batch_size)]
         cond = None if train.cond is None else train.cond[idx]
         x_in = train.x_T[idx] if state.x_prime is None else state.x_prime[idx].clone().requires_grad_(True)
-        per_sample = distance(student(x_in, cond, guidance), train.x0[idx])
-        if not single:
-            per_sample = per_sample * weights.get(key(condition), 1.0)
+        state.coef_opt.zero_grad(set_to_none=True)
+        if state.grid_opt is not None:
+            state.grid_opt.zero_grad(set_to_none=True)
+        # this process's share in micro-batches: each backward adds its part of the global batch mean,
+        # sum(distance) / batch_size, so the gradient is the whole batch's whatever the micro-batch
+        scale = weights.get(key(condition), 1.0) if not single else 1.0
+        while True:
+            try:
+                loss_value = 0.0
+                for part in _micro_slices(len(idx), micro):
+                    c_part = None if cond is None else cond[part]
+                    per_sample = distance(student(x_in[part], c_part, guidance), train.x0[idx[part]])
+                    loss = per_sample.sum() * (scale / config.batch_size)
+                    loss.backward()
+                    loss_value += loss.item()
+                break
+            except torch.cuda.OutOfMemoryError:  # the same step in smaller passes (gradients are summed anyway)
+                micro = _smaller_micro_batch(micro, len(idx), config)
+                _reset_grads(model, x_in)
         if distributed.active():
-            loss = per_sample.sum() / config.batch_size   # this rank's part of the global batch mean
-            loss_value = distributed.all_reduce_sum([loss.item()])[0]
-        else:
-            loss = per_sample.mean()
-            loss_value = loss.item()
+            loss_value = distributed.all_reduce_sum([loss_value])[0]
         if not math.isfinite(loss_value):
             stopped = (f"non-finite loss at step {state.step} ({loss_value}); kept the best solver (validation "
                        f"{state.best_val:.5g})")
             log.error("%s", stopped)
             break
-        state.coef_opt.zero_grad(set_to_none=True)
-        if state.grid_opt is not None:
-            state.grid_opt.zero_grad(set_to_none=True)
-        loss.backward()
         distributed.all_reduce_([p.grad for p in model.parameters()])  # the same step on every rank
         state.optimiser_step(config, phase)
         if state.x_prime is not None:
@@ -475,6 +489,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         running += loss_value
         count += 1
         state.step += 1
+        step_seconds, steps_timed = step_seconds + time.time() - t_step, steps_timed + 1
         bar.update(1)
         if state.step % config.val_every == 0 or state.step == config.steps:
             distributed.check_same_on_all_ranks(list(model.parameters()), "learned solver parameters")
@@ -493,7 +508,47 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
             if ckpt_path is not None:
                 state.save(ckpt_path, config, data_digest)
     bar.close()
-    return _result(state, config, metadata, time.time() - t_start, stopped)
+    if steps_timed:
+        log.info("%.3g s per learning step (batch %d, NFE %d)%s", step_seconds / steps_timed, config.batch_size,
+                 config.nfe, _gpu_peak(device))
+    result = _result(state, config, metadata, time.time() - t_start, stopped)
+    result.seconds_per_step = step_seconds / steps_timed if steps_timed else None
+    return result
+
+
+def _micro_slices(n: int, micro_batch: Optional[int]) -> list[slice]:
+    """``n`` samples as consecutive slices of at most ``micro_batch`` (one slice when None)."""
+    size = n if micro_batch is None else max(1, int(micro_batch))
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _smaller_micro_batch(micro: Optional[int], share: int, config: LearnConfig) -> int:
+    """Half the samples per pass after running out of GPU memory; at one sample a pass, one clear error."""
+    current = share if micro is None else min(micro, share)
+    if current <= 1:
+        raise RuntimeError(f"out of GPU memory learning one sample at a time (NFE {config.nfe}): use a smaller "
+                           "model precision (--dtype bf16), a smaller resolution, or a GPU with more memory")
+    smaller = (current + 1) // 2
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    log.warning("out of GPU memory at %d samples per forward/backward pass; continuing with %d (--micro-batch: the "
+                "step is the same)", current, smaller)
+    return smaller
+
+
+def _reset_grads(model: nn.Module, x_in: Tensor) -> None:
+    """Drop the gradients of a step that ran out of memory part-way, before it is redone."""
+    for p in model.parameters():
+        p.grad = None
+    if x_in.requires_grad:
+        x_in.grad = None
+
+
+def _gpu_peak(device: Optional[torch.device | str]) -> str:
+    """``", peak GPU memory N MB"`` on a CUDA device, else empty."""
+    if device is None or torch.device(device).type != "cuda":
+        return ""
+    return f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB"
 
 
 def _result(state: TrainState, config: LearnConfig, metadata: Optional[dict[str, Any]], seconds: float,
