@@ -253,3 +253,22 @@ def test_running_out_of_gpu_memory_halves_the_micro_batch(setup, caplog):
     assert "continuing with 16" in caplog.text and "continuing with 8" in caplog.text
     planned = train_solver(den, schedule, train, val, LearnConfig(micro_batch=8, **cfg), progress=False)
     assert torch.allclose(squeezed.solver.tables.b, planned.solver.tables.b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_distance_that_rewards_leaving_the_teacher_cannot_select_a_worse_solver(setup):
+    """A saturating feature distance (tanh of the samples: values far out cost nothing more, like a feature
+    network applied to data it was not made for) finds lower losses at higher RMSE to the teacher; the
+    guard keeps only solvers no worse than the base on RMSE, and the metadata says how often it refused."""
+    schedule, den, (train, val), _ = setup
+    cfg = LearnConfig(nfe=3, method="s4s-alt", base="dpmpp_3m", grid="time", steps=60, batch_size=32, val_every=5,
+                      alt_round=10, loss="feature", lr=0.2)
+    result = train_solver(den, schedule, train, val, cfg, feature_fn=lambda y: torch.tanh(4 * y), progress=False)
+    meta, history = result.solver.metadata, result.history
+    lowest = min(history, key=lambda h: h["val_loss"])
+    assert lowest["val_mse"] > history[0]["val_mse"]  # without the guard this would have been kept
+    assert meta["rmse_guard_refusals"] >= 1
+    assert meta["val_rmse"] <= meta["base_val_rmse"]
+    kept = next(h for h in history if h["step"] == meta["kept_step"])
+    assert math.sqrt(kept["val_mse"]) == pytest.approx(meta["val_rmse"]) and kept["val_loss"] == meta["val_loss"]
+    assert _rmse(result.solver, den, setup[3]) <= _rmse(s4s.baseline("dpmpp_3m", schedule, 3, grid="time"), den,
+                                                        setup[3]) * 1.05

@@ -78,6 +78,17 @@ class LoadedModel:
         return self.decode is not None
 
     @property
+    def data_range(self) -> Optional[tuple[float, float]]:
+        """The range of the samples' data (:mod:`s4s.teacher_distance`): for a pixel model the range its
+        denoiser clamps D to, else ``[-1, 1]`` (what pixel pipelines display); none for latents."""
+        if self.is_latent:
+            return None
+        from s4s.denoisers import clip_of
+        from s4s.teacher_distance import pixel_data_range
+
+        return pixel_data_range(clip_of(self.denoiser))
+
+    @property
     def null_label(self) -> Optional[int]:
         return self.num_classes if self.num_classes and self.has_null else None
 

@@ -91,7 +91,8 @@ def run_model_bench(model: LoadedModel, nfes: Sequence[int], baselines: Sequence
     if methods:  # one teacher set for every learned cell, the one s4s.learn would make with these settings
         teacher_data = make_teacher_data(
             model.denoiser, model.schedule, model.sample_shape, num_samples=config.num_samples, teacher=config.teacher,
-            seed=seed + LEARN_SEED_OFFSET, labels=model.labels(config.num_samples, guided=guidance is not None),
+            seed=seed + LEARN_SEED_OFFSET,
+            labels=model.learning_labels(config.num_samples, config.val_fraction, guided=guidance is not None),
             guidance=guidance, batch_size=config.teacher_batch_size, cache_dir=cache_dir, progress=progress,
             device=model.device)
     cells: list[BenchCell] = []

@@ -61,6 +61,7 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
     """
     base = config if config is not None else preset_config(preset)
     model_meta: dict[str, Any] = dict(model.metadata) if isinstance(model, LoadedModel) else {}
+    data_range = model.data_range if isinstance(model, LoadedModel) else None
     config = base.with_options(**options)
     if nfe is not None:
         config = config.with_options(nfe=nfe)
@@ -111,7 +112,7 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
         if teacher_data is not None:
             raise ValueError("teacher_data cannot be given for a guidance range: the teacher runs at each training scale")
         return _learn_family(denoiser, schedule, tuple(shape), config, labels, feature_fn, decode, cache, cache_dir,
-                             run_dir, resume, progress, device, model_meta)
+                             run_dir, resume, progress, device, model_meta, data_range)
     teacher_seconds = 0.0
     if teacher_data is None:
         t0 = time.time()
@@ -122,7 +123,7 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
     meta = _run_metadata(denoiser, decode, model_meta, teacher=teacher_data.meta.get("teacher", config.teacher),
                          num_samples=len(teacher_data))
     result = train_solver(denoiser, schedule, train, val, config, run_dir, resume, progress, feature_fn, meta, decode,
-                          device=device)
+                          device=device, data_range=data_range)
     return _finish(result, teacher_seconds, run_dir)
 
 
@@ -176,7 +177,7 @@ def _learn_family(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tu
                   labels: Optional[Tensor], feature_fn: Optional[Callable[[Tensor], Tensor]],
                   decode: Optional[Callable[[Tensor], Tensor]], cache: bool, cache_dir: Optional[Path],
                   run_dir: Optional[Path], resume: bool, progress: bool, device: torch.device,
-                  model_meta: dict[str, Any]) -> LearnResult:
+                  model_meta: dict[str, Any], data_range: Optional[tuple[float, float]]) -> LearnResult:
     """A guidance family: teacher data at every training scale (same noises and labels), then
     :func:`~s4s.learning.trainer.train_family`."""
     lo, hi = (float(v) for v in config.guidance_range)
@@ -194,5 +195,5 @@ def _learn_family(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tu
     meta = _run_metadata(denoiser, decode, model_meta, teacher=config.teacher, num_samples=per * len(scales),
                          guidance_range=[lo, hi], anchors=anchors, training_scales=scales)
     result = train_family(denoiser, schedule, conditions, anchors, config, run_dir, resume, progress, feature_fn, meta,
-                          decode, device=device)
+                          decode, device=device, data_range=data_range)
     return _finish(result, teacher_seconds, run_dir)

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from s4s import distributed
 from s4s.checks import first_line
 from s4s.denoisers import clip_of
+from s4s.teacher_distance import DataRange, is_far_outside, out_of_range_count, squared_error_sum
 from s4s.grids import GRIDS, make_grid
 from s4s.io import atomic_write, atomic_write_text
 from s4s.learning.config import LearnConfig
@@ -102,31 +103,41 @@ class LearnResult:
                 "seconds_per_step": self.seconds_per_step}
 
 
+@dataclass
+class Validation:
+    """A solver on held-out noise: the objective, the MSE to the teacher (raw samples, the one definition
+    of :mod:`s4s.teacher_distance`) and the fraction of sample values outside the data range."""
+
+    loss: float
+    mse: float
+    out_of_range: float = 0.0
+    per_scale: dict[str, float] = field(default_factory=dict)
+
+
 def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], distance, data: TeacherData,
-                  batch_size: int, also_mse: bool = False, clip: Optional[tuple[float, float]] = None):
-    """Mean ``distance`` over ``data`` (and the mean squared error too with ``also_mse``, of the outputs
-    clamped to ``clip`` when given: the model's data range, i.e. the images a user gets). Under torchrun
-    the batches are split over the ranks; the per-batch sums are added in batch order on every rank,
-    as one process adds them."""
+                  batch_size: int, data_range: DataRange = None) -> Validation:
+    """Mean ``distance`` over ``data``, with the MSE to the teacher and the out-of-range fraction. Under
+    torchrun the batches are split over the ranks; the per-batch sums are added in batch order on every
+    rank, as one process adds them."""
     n = len(data)
     if distributed.active():  # at least one batch per rank
         batch_size = min(batch_size, -(-n // distributed.world_size()))
     starts = list(range(0, n, batch_size))
 
-    def sums(k: int) -> tuple[float, float]:
+    def sums(k: int) -> tuple[float, float, int]:
         i = starts[k]
         with torch.no_grad():
             cond = None if data.cond is None else data.cond[i:i + batch_size]
             out = solver_fn(data.x_T[i:i + batch_size], cond)
             total = float(distance(out, data.x0[i:i + batch_size]).sum())
-            shown = out if clip is None else out.clamp(*clip)
-            return total, float((shown - data.x0[i:i + batch_size]).pow(2).reshape(out.shape[0], -1).mean(1).sum())
+            return total, squared_error_sum(out, data.x0[i:i + batch_size]), out_of_range_count(out, data_range)
 
-    total, mse = 0.0, 0.0
-    for batch_total, batch_mse in distributed.map_batches(sums, len(starts)):
+    total, mse, outside = 0.0, 0.0, 0
+    for batch_total, batch_mse, batch_outside in distributed.map_batches(sums, len(starts)):
         total += batch_total
         mse += batch_mse
-    return (total / n, mse / n) if also_mse else total / n
+        outside += batch_outside
+    return Validation(total / n, mse / n, outside / max(data.x_T.numel(), 1))
 
 
 @dataclass
@@ -152,7 +163,7 @@ def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: Optional
             total = 0.0
             for c in conditions:
                 fn = lambda x, cond, w=c.guidance: solver.sample(denoiser, x, cond, w, check_finite=False)  # noqa: E731
-                total += _batched_loss(fn, distance, c.val, 4 * (config.micro_batch or config.batch_size))
+                total += _batched_loss(fn, distance, c.val, 4 * (config.micro_batch or config.batch_size)).loss
             losses[f"{base}/{grid}"] = total / len(conditions)
     finite = {k: v for k, v in losses.items() if math.isfinite(v)}
     if not finite:
@@ -257,7 +268,9 @@ class TrainState:
     grid_steps: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val: float = math.inf
+    best_mse: float = math.inf
     best_state: Optional[dict[str, Tensor]] = None
+    guarded: int = 0   # validations whose lower loss the RMSE guard refused
 
     @classmethod
     def start(cls, model: nn.Module, config: LearnConfig, base: str, grid: str, base_losses: dict[str, float],
@@ -273,7 +286,8 @@ class TrainState:
         return {"model": self.model.state_dict(), "coef_opt": self.coef_opt.state_dict(),
                 "grid_opt": None if self.grid_opt is None else self.grid_opt.state_dict(), "gen": self.gen.get_state(),
                 "x_prime": self.x_prime, "step": self.step, "history": self.history, "best_val": self.best_val,
-                "best_state": self.best_state, "coef_steps": self.coef_steps, "grid_steps": self.grid_steps,
+                "best_state": self.best_state, "best_mse": self.best_mse, "guarded": self.guarded,
+                "coef_steps": self.coef_steps, "grid_steps": self.grid_steps,
                 "base": self.base, "grid": self.grid, "base_losses": self.base_losses, "config": asdict(config),
                 "data": data_digest}
 
@@ -287,6 +301,9 @@ class TrainState:
     @classmethod
     def resume(cls, record: dict[str, Any], model: nn.Module, config: LearnConfig, train: TeacherData) -> "TrainState":
         """The state saved in ``record`` (a checkpoint :func:`_load_checkpoint` accepted), into ``model``."""
+        if not {"best_mse", "guarded"} <= set(record):
+            raise ValueError("the checkpoint was written by an older s4s (without the RMSE guard); start the run "
+                             "afresh (without --resume)")
         state = cls.start(model, config, record["base"], record["grid"], record["base_losses"], train)
         state.model.load_state_dict(record["model"])
         state.coef_opt.load_state_dict(record["coef_opt"])
@@ -294,14 +311,22 @@ class TrainState:
             state.grid_opt.load_state_dict(record["grid_opt"])
         state.gen.set_state(record["gen"])
         state.x_prime = record["x_prime"]
-        for name in ("step", "history", "best_val", "best_state", "coef_steps", "grid_steps"):
+        for name in ("step", "history", "best_val", "best_state", "coef_steps", "grid_steps", "best_mse", "guarded"):
             setattr(state, name, record[name])
         return state
 
-    def keep_if_best(self, val_loss: float) -> None:
-        """Selection: remember the parameters when the validation loss is the lowest so far."""
-        if val_loss < self.best_val:
-            self.best_val, self.best_state = val_loss, copy.deepcopy(self.model.state_dict())
+    def keep_if_best(self, val: "Validation") -> bool:
+        """Selection: remember the parameters when the validation loss is the lowest so far *and* the
+        RMSE to the teacher is no worse than the base's (step 0's): a distance that rewards moving away
+        from the teacher (a feature network that does not fit the data) cannot select such a solver.
+        Returns False when a lower loss was refused by that guard."""
+        base_mse = self.history[0]["val_mse"] if self.history else math.inf
+        if val.loss < self.best_val:
+            if val.mse > base_mse:
+                return False
+            self.best_val, self.best_mse = val.loss, val.mse
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        return True
 
     def optimiser_step(self, config: LearnConfig, phase: str) -> None:
         """Adam on the groups ``phase`` names, each with its own warm-up (and the run's decay)."""
@@ -324,10 +349,12 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
                  feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
                  metadata: Optional[dict[str, Any]] = None,
                  transform: Optional[Callable[[Tensor], Tensor]] = None,
-                 device: Optional[torch.device | str] = None) -> LearnResult:
+                 device: Optional[torch.device | str] = None, data_range: DataRange = None) -> LearnResult:
     """Learn a solver (see module doc). ``run_dir`` holds ``checkpoint.pt`` for ``resume``.
 
     ``device``: where the model runs; the teacher data is moved there (default: where it is).
+    ``data_range``: the range of the model's data, for the out-of-range fraction (default: the range
+    the denoiser clamps D to, if any).
     The learnable tables stay on the CPU (a few hundred numbers); the stepping loop moves them.
 
     ``transform`` is applied to student and teacher outputs before the distance (e.g. a latent
@@ -336,7 +363,7 @@ def train_solver(denoiser, schedule: Schedule, train: TeacherData, val: TeacherD
     """
     return _train(denoiser, schedule, [Condition(config.guidance, train, val)], config,
                   lambda base, grid: _learnable(schedule, config, base, grid), run_dir, resume, progress, feature_fn,
-                  metadata, transform, device)
+                  metadata, transform, device, data_range)
 
 
 def train_family(denoiser, schedule: Schedule, conditions: list[Condition], anchors: list[float], config: LearnConfig,
@@ -344,7 +371,7 @@ def train_family(denoiser, schedule: Schedule, conditions: list[Condition], anch
                  feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
                  metadata: Optional[dict[str, Any]] = None,
                  transform: Optional[Callable[[Tensor], Tensor]] = None,
-                 device: Optional[torch.device | str] = None) -> LearnResult:
+                 device: Optional[torch.device | str] = None, data_range: DataRange = None) -> LearnResult:
     """Learn a :class:`~s4s.family.GuidanceFamily`: one learnable solver per anchor scale, all started from
     the same base (chosen on the mean validation loss over the scales), trained on mini-batches of one
     condition (guidance scale) at a time, drawn at random; validation and selection on the mean over
@@ -355,14 +382,16 @@ def train_family(denoiser, schedule: Schedule, conditions: list[Condition], anch
     if config.ball_radius > 0:
         raise ValueError("the relaxed objective (ball_radius > 0) is not available for guidance families")
     return _train(denoiser, schedule, conditions, config, family, run_dir, resume, progress, feature_fn, metadata,
-                  transform, device)
+                  transform, device, data_range)
 
 
 def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: LearnConfig,
            make_model: Callable[[str, str], nn.Module], run_dir: Optional[Path], resume: bool, progress: bool,
            feature_fn: Optional[Callable[[Tensor], Tensor]], metadata: Optional[dict[str, Any]],
-           transform: Optional[Callable[[Tensor], Tensor]], device: Optional[torch.device | str]) -> LearnResult:
+           transform: Optional[Callable[[Tensor], Tensor]], device: Optional[torch.device | str],
+           data_range: DataRange) -> LearnResult:
     """The loop behind :func:`train_solver` (one condition) and :func:`train_family` (several)."""
+    data_range = data_range if data_range is not None else clip_of(denoiser)
     config = replace(config, loss=resolve_auto_loss(config.loss, feature_fn), lr=config.coefficient_lr)
     config.validate()
     t_start = time.time()
@@ -391,19 +420,23 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     # small ones at low guidance; the weighted mean starts at the plain mean. One scale: weight 1.
     weights: dict[str, float] = {}
 
-    def validate_now(model: nn.Module) -> tuple[float, float, dict[str, float]]:
-        """(validation objective, validation MSE, objective per scale) of the current solver on held-out
-        noise; over several scales, the weighted mean of the objective and the mean MSE."""
-        per: dict[str, float] = {}
-        total_loss, total_mse = 0.0, 0.0
+    def validate_now(model: nn.Module) -> Validation:
+        """The current solver on held-out noise; over several scales, the weighted mean of the objective
+        and the mean MSE and out-of-range fraction."""
+        parts = {}
         for c in conditions:
             solver = model.solver_at(c.guidance)
-            loss, mse = _batched_loss(lambda x, cond: solver.sample(denoiser, x, cond, c.guidance, check_finite=False),
-                                      distance, c.val, 4 * (config.micro_batch or config.batch_size), also_mse=True,
-                                      clip=clip_of(denoiser))
-            per[key(c)] = loss
-            total_loss, total_mse = total_loss + weights.get(key(c), 1.0) * loss, total_mse + mse
-        return total_loss / len(conditions), total_mse / len(conditions), per
+            parts[key(c)] = _batched_loss(lambda x, cond: solver.sample(denoiser, x, cond, c.guidance, check_finite=False),
+                                          distance, c.val, 4 * (config.micro_batch or config.batch_size), data_range)
+        n = len(conditions)
+        return Validation(sum(weights.get(k, 1.0) * v.loss for k, v in parts.items()) / n,
+                          sum(v.mse for v in parts.values()) / n, sum(v.out_of_range for v in parts.values()) / n,
+                          {k: v.loss for k, v in parts.items()})
+
+    def row(step: int, train_loss: Optional[float], val: Validation, phase: str) -> dict[str, Any]:
+        out = {"step": step, "train_loss": train_loss, "val_loss": val.loss, "val_mse": val.mse,
+               "val_out_of_range": val.out_of_range, "phase": phase}
+        return out if single else {**out, "val_by_guidance": val.per_scale}
 
     if record is not None:
         state = TrainState.resume(record, make_model(record["base"], record["grid"]), config, train)
@@ -411,12 +444,11 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     else:
         base, grid, base_losses = choose_base(denoiser, schedule, config, None, distance, conditions)
         state = TrainState.start(make_model(base, grid), config, base, grid, base_losses, train)
-        val_loss, val_mse, per = validate_now(state.model)
-        state.keep_if_best(val_loss)
-        row = {"step": 0, "train_loss": None, "val_loss": val_loss, "val_mse": val_mse, "phase": "base"}
-        state.history.append(row if single else {**row, "val_by_guidance": per})
-        log.info("step 0 (base %s on %s grid): validation %s %.5g, RMSE %.5f", base, grid, config.loss, val_loss,
-                 math.sqrt(val_mse))
+        val = validate_now(state.model)
+        state.history.append(row(0, None, val, "base"))
+        state.keep_if_best(val)
+        log.info("step 0 (base %s on %s grid): validation %s %.5g, RMSE to the teacher %.5f", base, grid, config.loss,
+                 val.loss, math.sqrt(val.mse))
     if not single:
         base_per = state.history[0]["val_by_guidance"]
         mean_base = sum(base_per.values()) / len(base_per)
@@ -493,25 +525,28 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         bar.update(1)
         if state.step % config.val_every == 0 or state.step == config.steps:
             distributed.check_same_on_all_ranks(list(model.parameters()), "learned solver parameters")
-            val_loss, val_mse, per = validate_now(model)
+            val = validate_now(model)
+            val_loss = val.loss
             if not math.isfinite(val_loss):
                 stopped = (f"non-finite validation loss at step {state.step}; kept the best solver (validation "
                            f"{state.best_val:.5g})")
                 log.error("%s", stopped)
                 break
-            row = {"step": state.step, "train_loss": running / max(count, 1), "val_loss": val_loss, "val_mse": val_mse,
-                   "phase": phase}
-            state.history.append(row if single else {**row, "val_by_guidance": per})
+            state.history.append(row(state.step, running / max(count, 1), val, phase))
             running, count = 0.0, 0
-            state.keep_if_best(val_loss)
-            bar.set_postfix(val=f"{val_loss:.4g}", best=f"{state.best_val:.4g}", val_rmse=f"{math.sqrt(val_mse):.4f}")
+            if not state.keep_if_best(val):
+                state.guarded += 1
+                log.info("step %d: validation %s %.5g is the lowest so far, but its RMSE to the teacher %.5f is worse "
+                         "than the base's %.5f: not kept", state.step, config.loss, val_loss, math.sqrt(val.mse),
+                         math.sqrt(state.history[0]["val_mse"]))
+            bar.set_postfix(val=f"{val_loss:.4g}", best=f"{state.best_val:.4g}", val_rmse=f"{math.sqrt(val.mse):.4f}")
             if ckpt_path is not None:
                 state.save(ckpt_path, config, data_digest)
     bar.close()
     if steps_timed:
         log.info("%.3g s per learning step (batch %d, NFE %d)%s", step_seconds / steps_timed, config.batch_size,
                  config.nfe, _gpu_peak(device))
-    result = _result(state, config, metadata, time.time() - t_start, stopped)
+    result = _result(state, config, metadata, time.time() - t_start, stopped, data_range)
     result.seconds_per_step = step_seconds / steps_timed if steps_timed else None
     return result
 
@@ -552,15 +587,21 @@ def _gpu_peak(device: Optional[torch.device | str]) -> str:
 
 
 def _result(state: TrainState, config: LearnConfig, metadata: Optional[dict[str, Any]], seconds: float,
-            stopped: Optional[str]) -> LearnResult:
+            stopped: Optional[str], data_range: DataRange) -> LearnResult:
     """The best-on-validation solver, with what it was learned from and how it scored, as a result."""
     state.model.load_state_dict(state.best_state)
     history = state.history
-    best_mse = next(h["val_mse"] for h in history if h["val_loss"] == state.best_val)
+    kept = next(h for h in history if h["val_loss"] == state.best_val and h["val_mse"] == state.best_mse)
     meta = {"method": config.method, "base": state.base, "grid_init": state.grid, "nfe": config.nfe, "loss": config.loss,
             "guidance": config.guidance, "source": config.method, **(metadata or {}),
-            "val_loss": state.best_val, "base_val_loss": history[0]["val_loss"], "val_rmse": math.sqrt(best_mse),
-            "base_val_rmse": math.sqrt(history[0]["val_mse"]), "steps": state.step}
+            "val_loss": state.best_val, "base_val_loss": history[0]["val_loss"], "val_rmse": math.sqrt(state.best_mse),
+            "base_val_rmse": math.sqrt(history[0]["val_mse"]), "steps": state.step, "kept_step": kept["step"],
+            "rmse_guard_refusals": state.guarded, "data_range": None if data_range is None else list(data_range),
+            "val_out_of_range": kept["val_out_of_range"], "base_val_out_of_range": history[0]["val_out_of_range"]}
+    if data_range is not None and is_far_outside(kept["val_out_of_range"], history[0]["val_out_of_range"]):
+        log.warning("the learned solver's samples leave the data range %s far more than the base's (%.1f%% of values "
+                    "against %.1f%%): check them before use", list(data_range), 100 * kept["val_out_of_range"],
+                    100 * history[0]["val_out_of_range"])
     return LearnResult(state.model.to_solver(meta), history, state.base_losses, stopped, seconds, config)
 
 
