@@ -151,8 +151,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
              f"teacher {meta['base_val_rmse']:.4f} -> {meta['val_rmse']:.4f} ({meta['loss']}: {meta['base_val_loss']:.4g} "
              f"-> {meta['val_loss']:.4g})"]
     if meta.get("data_range") is not None:
-        lines.append(f"samples outside the data range {meta['data_range']}: {100 * meta['base_val_out_of_range']:.2f}% "
-                     f"-> {100 * meta['val_out_of_range']:.2f}% of values")
+        lines.append(f"RMS distance of the samples to the data range {meta['data_range']}: "
+                     f"{meta['base_val_range_excursion']:.4f} -> {meta['val_range_excursion']:.4f}")
     if meta.get("rmse_guard_refusals"):
         lines.append(f"{meta['rmse_guard_refusals']} validation(s) with a lower {meta['loss']} but a worse RMSE to the "
                      "teacher than the base were not kept")
@@ -350,9 +350,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     result["grid"] = None if names_solver_file(args.solver) else args.grid
     fd = "-" if result["fd"] is None else f"{result['fd']:.4f} ({result['feature_space']})"
-    rmse = "-" if result["teacher_rmse"] is None else f"{result['teacher_rmse']:.4f} (vs {result['teacher']}, raw samples)"
-    if result.get("teacher_rmse_clamped") is not None:
-        rmse += f"; clamped to {result['data_range']}: {result['teacher_rmse_clamped']:.4f}"
+    rmse = "-"
+    if result["teacher_rmse"] is not None:
+        clamp = "raw samples" if result["data_range"] is None else f"clamped to {result['data_range']}"
+        rmse = f"{result['teacher_rmse']:.4f} (vs {result['teacher']}, {clamp}; raw {result['teacher_rmse_raw']:.4f})"
     lines = [f"solver {result['solver']}  NFE {result['nfe']}  samples {result['num_samples']}  seed {result['seed']}",
              f"  FD:           {fd}", f"  teacher RMSE: {rmse}"]
     if result["teacher_rmse_pixels"] is not None:
@@ -361,10 +362,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         lines.append(f"  accuracy:     {result['accuracy']:.4f}")
     if result["clip_score"] is not None:
         lines.append(f"  CLIP score:   {result['clip_score']:.2f}")
-    if result["out_of_range"] is not None:
-        teacher_part = ("" if result["teacher_out_of_range"] is None
-                        else f" (teacher: {100 * result['teacher_out_of_range']:.2f}%)")
-        lines.append(f"  outside the data range {result['data_range']}: {100 * result['out_of_range']:.2f}% of values"
+    if result["range_excursion"] is not None:
+        teacher_part = ("" if result["teacher_range_excursion"] is None
+                        else f" (teacher: {result['teacher_range_excursion']:.4f})")
+        lines.append(f"  RMS distance to the data range {result['data_range']}: {result['range_excursion']:.4f}"
                      + teacher_part)
     lines.append(f"  time:         {result['seconds']:.1f} s (sampling {result['sample_seconds']:.1f} s)")
     return emit(args, result, "\n".join(lines))

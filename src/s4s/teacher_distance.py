@@ -1,11 +1,12 @@
 r"""The distance to the teacher: one definition for learning, evaluation and the benchmarks.
 
-``RMSE = sqrt(mean((x - x_teacher)^2))`` over every value of every sample, on the samples exactly as the
-solver returns them: never clamped, so that a solver cannot look good because a clamp hides how far its
-samples went (in latent space there is no clamp at all). Where the model's data has a known range
-(pixel models: the range the denoiser clamps D to, else ``[-1, 1]``, the range pixel pipelines
-display), the fraction of sample values outside it is reported beside the RMSE, and the RMSE of the
-clamped samples, which is what a user sees.
+``RMSE = sqrt(mean((x - x_teacher)^2))`` over every value of every sample, on what a user gets from the
+solver: for a pixel model, whose data has a known range (the range its denoiser clamps D to, else
+``[-1, 1]``, the range pixel pipelines display), both samples clamped to that range, as a pipeline
+clamps them before showing an image; for latents and other models without a range, the raw samples
+(there is no clamp to hide anything). Beside it: the raw RMSE and the *range excursion*, the RMS
+distance of the samples to the range, ``sqrt(mean((x - clamp(x))^2))``, so that a solver whose samples
+leave the range far more than the base's is seen (and flagged by learning).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Optional
 
 from torch import Tensor
 
-__all__ = ["squared_error_sum", "out_of_range_count", "is_far_outside", "pixel_data_range", "DataRange"]
+__all__ = ["squared_error_sum", "excursion_sum", "is_far_outside", "pixel_data_range", "DataRange"]
 
 DataRange = Optional[tuple[float, float]]
 
@@ -27,18 +28,18 @@ def squared_error_sum(x: Tensor, reference: Tensor, clamp: DataRange = None) -> 
     return float((x - reference).double().pow(2).reshape(x.shape[0], -1).mean(1).sum())
 
 
-def out_of_range_count(x: Tensor, data_range: DataRange) -> int:
-    """How many values of ``x`` lie outside ``data_range`` (0 without a range)."""
+def excursion_sum(x: Tensor, data_range: DataRange) -> float:
+    """``sum over samples of mean((x - clamp(x))^2)``: how far ``x`` lies outside ``data_range`` (divide by
+    the number of samples and take the root for the range excursion; 0 without a range)."""
     if data_range is None:
-        return 0
-    lo, hi = data_range
-    return int(((x < lo) | (x > hi)).sum())
+        return 0.0
+    return float((x - x.clamp(*data_range)).double().pow(2).reshape(x.shape[0], -1).mean(1).sum())
 
 
 def is_far_outside(kept: float, base: float) -> bool:
-    """A solver's samples leave the data range *far more* than the base's: more than twice the base's
-    fraction of values and more than 1 % of all values."""
-    return kept > max(2 * base, 0.01)
+    """A solver's samples leave the data range *far more* than the base's: a range excursion more than
+    three times the base's and above 0.02 (1 % of a [-1, 1] range)."""
+    return kept > max(3 * base, 0.02)
 
 
 def pixel_data_range(clip: DataRange) -> tuple[float, float]:

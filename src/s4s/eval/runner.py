@@ -4,10 +4,11 @@ Metrics (each ``None`` in the result when not asked for):
 
 * ``fd`` - Fréchet distance of the samples' features to the real-data reference
   (``feature_space`` names the features; FID only with Inception);
-* ``teacher_rmse`` - RMSE to a many-step teacher's samples from the *same* noise, on the raw samples
-  (the one definition of :mod:`s4s.teacher_distance`, which learning validates with too); for pixel
-  models also ``teacher_rmse_clamped`` (both clamped to ``data_range``: what a user sees) and the
-  fractions of sample values outside the data range, ``out_of_range`` and ``teacher_out_of_range``;
+* ``teacher_rmse`` - RMSE to a many-step teacher's samples from the *same* noise, the one definition
+  of :mod:`s4s.teacher_distance` that learning validates with too: both clamped to ``data_range``
+  for pixel models (what a user sees), raw for latents; ``teacher_rmse_raw`` without any clamp; for
+  pixel models the range excursions (RMS distance of the samples to the data range) of the samples
+  and the teacher's, ``range_excursion`` and ``teacher_range_excursion``;
   ``teacher_feature_l2`` - mean L2 distance between their features (a perceptual distance);
 * ``accuracy`` - how often the bundled classifier recognises the requested class (guided
   class-conditional sampling only);
@@ -44,7 +45,7 @@ from s4s.teacher import DEFAULT_TEACHER, make_teacher_data, sample_noise
 from s4s.models import LoadedModel
 from s4s.family import GuidanceFamily, load_solver
 from s4s.solver import Solver, names_solver_file
-from s4s.teacher_distance import out_of_range_count, squared_error_sum
+from s4s.teacher_distance import excursion_sum, squared_error_sum
 from s4s.text2image.prompts import prompt_hashes
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,9 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         "num_samples": num_samples, "seed": seed, "guidance": guidance, "model": model.name,
         "fd": None, "feature_space": None, "teacher_rmse": None, "teacher_feature_l2": None, "teacher": None,
         "accuracy": None, "clip_score": None, "teacher_rmse_pixels": None,
-        "data_range": None if data_range is None else list(data_range), "teacher_rmse_clamped": None,
-        "out_of_range": None if data_range is None else out_of_range_count(samples, data_range) / samples.numel(),
-        "teacher_out_of_range": None,
+        "data_range": None if data_range is None else list(data_range), "teacher_rmse_raw": None,
+        "range_excursion": None if data_range is None else math.sqrt(excursion_sum(samples, data_range) / num_samples),
+        "teacher_range_excursion": None,
     }
     images = _decode(model, samples)
     feats = batched(feature_net.features, images, device=feature_net.device) if feature_net is not None else None
@@ -184,10 +185,11 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
                                  teacher=teacher, seed=seed, labels=labels, guidance=guidance, batch_size=batch_size,
                                  cache_dir=cache_dir, progress=progress, device=model.device)
         result["teacher"] = teacher
-        result["teacher_rmse"] = math.sqrt(squared_error_sum(samples, data.x0) / num_samples)  # raw: as learning does
-        if data_range is not None:  # what a user sees, and how far the samples left the data range
-            result["teacher_rmse_clamped"] = math.sqrt(squared_error_sum(samples, data.x0, data_range) / num_samples)
-            result["teacher_out_of_range"] = out_of_range_count(data.x0, data_range) / data.x0.numel()
+        # what a user gets (clamped to the data range when there is one), as learning validates it
+        result["teacher_rmse"] = math.sqrt(squared_error_sum(samples, data.x0, data_range) / num_samples)
+        result["teacher_rmse_raw"] = math.sqrt(squared_error_sum(samples, data.x0) / num_samples)
+        if data_range is not None:
+            result["teacher_range_excursion"] = math.sqrt(excursion_sum(data.x0, data_range) / num_samples)
         teacher_images = _decode(model, data.x0) if model.is_latent or feats is not None else None
         if model.is_latent:
             result["teacher_rmse_pixels"] = float((images.clamp(-1, 1) - teacher_images.clamp(-1, 1)).pow(2).mean().sqrt())

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from s4s import distributed
 from s4s.checks import first_line
 from s4s.denoisers import clip_of
-from s4s.teacher_distance import DataRange, is_far_outside, out_of_range_count, squared_error_sum
+from s4s.teacher_distance import DataRange, excursion_sum, is_far_outside, squared_error_sum
 from s4s.grids import GRIDS, make_grid
 from s4s.io import atomic_write, atomic_write_text
 from s4s.learning.config import LearnConfig
@@ -105,12 +105,13 @@ class LearnResult:
 
 @dataclass
 class Validation:
-    """A solver on held-out noise: the objective, the MSE to the teacher (raw samples, the one definition
-    of :mod:`s4s.teacher_distance`) and the fraction of sample values outside the data range."""
+    """A solver on held-out noise: the objective, the MSE to the teacher (the one definition of
+    :mod:`s4s.teacher_distance`: clamped to the data range when there is one) and the range
+    excursion (RMS distance of the samples to the data range)."""
 
     loss: float
     mse: float
-    out_of_range: float = 0.0
+    excursion: float = 0.0
     per_scale: dict[str, float] = field(default_factory=dict)
 
 
@@ -124,20 +125,21 @@ def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], dista
         batch_size = min(batch_size, -(-n // distributed.world_size()))
     starts = list(range(0, n, batch_size))
 
-    def sums(k: int) -> tuple[float, float, int]:
+    def sums(k: int) -> tuple[float, float, float]:
         i = starts[k]
         with torch.no_grad():
             cond = None if data.cond is None else data.cond[i:i + batch_size]
             out = solver_fn(data.x_T[i:i + batch_size], cond)
             total = float(distance(out, data.x0[i:i + batch_size]).sum())
-            return total, squared_error_sum(out, data.x0[i:i + batch_size]), out_of_range_count(out, data_range)
+            ref = data.x0[i:i + batch_size]
+            return total, squared_error_sum(out, ref, data_range), excursion_sum(out, data_range)
 
-    total, mse, outside = 0.0, 0.0, 0
+    total, mse, outside = 0.0, 0.0, 0.0
     for batch_total, batch_mse, batch_outside in distributed.map_batches(sums, len(starts)):
         total += batch_total
         mse += batch_mse
         outside += batch_outside
-    return Validation(total / n, mse / n, outside / max(data.x_T.numel(), 1))
+    return Validation(total / n, mse / n, math.sqrt(outside / n))
 
 
 @dataclass
@@ -422,7 +424,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
 
     def validate_now(model: nn.Module) -> Validation:
         """The current solver on held-out noise; over several scales, the weighted mean of the objective
-        and the mean MSE and out-of-range fraction."""
+        and the mean MSE and range excursion."""
         parts = {}
         for c in conditions:
             solver = model.solver_at(c.guidance)
@@ -430,12 +432,12 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                                           distance, c.val, 4 * (config.micro_batch or config.batch_size), data_range)
         n = len(conditions)
         return Validation(sum(weights.get(k, 1.0) * v.loss for k, v in parts.items()) / n,
-                          sum(v.mse for v in parts.values()) / n, sum(v.out_of_range for v in parts.values()) / n,
+                          sum(v.mse for v in parts.values()) / n, sum(v.excursion for v in parts.values()) / n,
                           {k: v.loss for k, v in parts.items()})
 
     def row(step: int, train_loss: Optional[float], val: Validation, phase: str) -> dict[str, Any]:
         out = {"step": step, "train_loss": train_loss, "val_loss": val.loss, "val_mse": val.mse,
-               "val_out_of_range": val.out_of_range, "phase": phase}
+               "val_range_excursion": val.excursion, "phase": phase}
         return out if single else {**out, "val_by_guidance": val.per_scale}
 
     if record is not None:
@@ -597,11 +599,12 @@ def _result(state: TrainState, config: LearnConfig, metadata: Optional[dict[str,
             "val_loss": state.best_val, "base_val_loss": history[0]["val_loss"], "val_rmse": math.sqrt(state.best_mse),
             "base_val_rmse": math.sqrt(history[0]["val_mse"]), "steps": state.step, "kept_step": kept["step"],
             "rmse_guard_refusals": state.guarded, "data_range": None if data_range is None else list(data_range),
-            "val_out_of_range": kept["val_out_of_range"], "base_val_out_of_range": history[0]["val_out_of_range"]}
-    if data_range is not None and is_far_outside(kept["val_out_of_range"], history[0]["val_out_of_range"]):
-        log.warning("the learned solver's samples leave the data range %s far more than the base's (%.1f%% of values "
-                    "against %.1f%%): check them before use", list(data_range), 100 * kept["val_out_of_range"],
-                    100 * history[0]["val_out_of_range"])
+            "val_range_excursion": kept["val_range_excursion"],
+            "base_val_range_excursion": history[0]["val_range_excursion"]}
+    if data_range is not None and is_far_outside(kept["val_range_excursion"], history[0]["val_range_excursion"]):
+        log.warning("the learned solver's samples leave the data range %s far more than the base's (RMS distance to "
+                    "the range %.4f against %.4f): what a pipeline shows is clamped, but check the samples before use",
+                    list(data_range), kept["val_range_excursion"], history[0]["val_range_excursion"])
     return LearnResult(state.model.to_solver(meta), history, state.base_losses, stopped, seconds, config)
 
 
