@@ -1,0 +1,126 @@
+"""Learned solvers on models they were not tuned on: the generalization suite (benchmarks/suite/).
+
+For every suite model (scripts/train_suite_model.py) and NFE: RMSE to a 100-call teacher
+(``unipc_bh2:100``) on held-out noises (evaluation seed 0, disjoint from learning's) of
+
+* the best hand-designed solver over every baseline x grid (``s4s.BASELINES`` x time, logsnr, edm,
+  quadratic), chosen on these same noises (an optimistic baseline);
+* each learned method with every default (``s4s learn --nfe N --method M``, the default preset, loss
+  ``auto`` = L2 for these undeclared models).
+
+The RMSE is the one of s4s.teacher_distance (these pixel models: clamped to [-1, 1]); the raw RMSE and the
+range excursion (RMS distance of the samples to [-1, 1]) are recorded too. Writes ``results.json``, ``README.md`` (a table per model) and
+``rmse_vs_nfe_<model>.png`` into ``--out``.
+
+    python benchmarks/generalization_suite.py --nfe 5 --methods s4s-alt-pc --out docs/generalization
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import s4s
+from s4s.baselines import BASELINES
+from s4s.eval.runner import evaluate
+from s4s.plotting import line_plot
+from s4s.teacher import default_cache_dir
+
+log = logging.getLogger("generalization_suite")
+SUITE_DIR = Path(__file__).resolve().parent / "suite"
+TEACHER = "unipc_bh2:100"
+GRIDS = ("time", "logsnr", "edm", "quadratic")
+
+
+def measure(model, sampler, args, cache) -> dict:
+    r = evaluate(model, sampler, num_samples=args.num_samples, seed=0, metrics=["teacher"], teacher=TEACHER,
+                 batch_size=500, cache_dir=cache, progress=False)
+    return {k: r[k] for k in ("teacher_rmse", "teacher_rmse_raw", "range_excursion", "teacher_range_excursion")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=sorted(d.name for d in SUITE_DIR.iterdir() if d.is_dir()))
+    p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6])
+    p.add_argument("--methods", nargs="+", default=["s4s", "s4s-alt", "s4s-alt-pc"])
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "results.json"
+    rows = json.loads(results_path.read_text()) if results_path.exists() else []
+    done = {(r["model"], r["nfe"], r["method"]) for r in rows}
+    cache = default_cache_dir()
+    for name in args.models:
+        model = s4s.load_model(SUITE_DIR / name)
+        for nfe in args.nfe:
+            if (name, nfe, "best hand-designed") not in done:
+                best = None
+                for base in sorted(BASELINES):
+                    for grid in GRIDS:
+                        try:
+                            m = measure(model, s4s.baseline(base, model.schedule, nfe, grid=grid), args, cache)
+                        except (ValueError, FloatingPointError, RuntimeError) as err:  # e.g. non-finite samples
+                            log.info("%s/%s at NFE %d: %s", base, grid, nfe, err)
+                            continue
+                        if best is None or m["teacher_rmse"] < best["teacher_rmse"]:
+                            best = {**m, "solver": f"{base}/{grid}"}
+                rows.append({"model": name, "nfe": nfe, "method": "best hand-designed", **best})
+                results_path.write_text(json.dumps(rows, indent=1) + "\n")
+            for method in args.methods:
+                if (name, nfe, method) in done:
+                    continue
+                t0 = time.time()
+                result = s4s.learn(model, nfe=nfe, method=method, progress=False)
+                seconds = time.time() - t0
+                m = measure(model, result.solver, args, cache)
+                meta = result.solver.metadata
+                rows.append({"model": name, "nfe": nfe, "method": method, **m, "solver": f"from {result.base}/{result.grid}",
+                             "learn_seconds": seconds, "val_rmse": meta["val_rmse"], "base_val_rmse": meta["base_val_rmse"],
+                             "rmse_guard_refusals": meta["rmse_guard_refusals"]})
+                results_path.write_text(json.dumps(rows, indent=1) + "\n")
+                log.info("%s NFE %d %s: RMSE %.4f (%.0f s)", name, nfe, method, m["teacher_rmse"], seconds)
+    write_report(rows, args.out, " ".join(sys.argv[1:]))
+
+
+def write_report(rows: list[dict], out: Path, command: str) -> None:
+    lines = ["# Generalization suite: learned solvers on models they were not tuned on", "",
+             f"RMSE to a 100-call teacher ({TEACHER}) on 1,000 held-out noises, samples clamped to [-1, 1] as a pipeline shows "
+             "them (s4s.teacher_distance; lower is better); in brackets "
+             "the ratio to the best hand-designed solver at that NFE. Made by `python benchmarks/generalization_suite.py "
+             + command + "`; method and limits: [../generalization.md](../generalization.md).", ""]
+    for name in sorted({r["model"] for r in rows}):
+        mine = [r for r in rows if r["model"] == name]
+        nfes = sorted({r["nfe"] for r in mine})
+        methods = ["best hand-designed"] + sorted({r["method"] for r in mine} - {"best hand-designed"})
+        lines += [f"## {name}", "", "| method | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+                  "|---|" + "---|" * len(nfes)]
+        series = {}
+        for method in methods:
+            cells, points = [], []
+            for n in nfes:
+                r = next((r for r in mine if r["nfe"] == n and r["method"] == method), None)
+                best = next((b for b in mine if b["nfe"] == n and b["method"] == "best hand-designed"), None)
+                if r is None:
+                    cells.append("–")
+                    continue
+                points.append((n, r["teacher_rmse"]))
+                ratio = "" if best is None or method == "best hand-designed" else \
+                    f" ({r['teacher_rmse'] / best['teacher_rmse']:.2f}x)"
+                extra = f" {r['solver']}" if method == "best hand-designed" else ""
+                cells.append(f"{r['teacher_rmse']:.4f}{ratio}{extra}")
+            series[method] = points
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+        line_plot(series, out / f"rmse_vs_nfe_{name}.png", "NFE", "RMSE to the teacher", name)
+        lines += [f"![{name}](rmse_vs_nfe_{name}.png)", ""]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
