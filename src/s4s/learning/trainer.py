@@ -117,7 +117,7 @@ class Validation:
 
 def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], distance, data: TeacherData,
                   batch_size: int, data_range: DataRange = None) -> Validation:
-    """Mean ``distance`` over ``data``, with the MSE to the teacher and the out-of-range fraction. Under
+    """Mean ``distance`` over ``data``, with the MSE to the teacher and the range excursion. Under
     torchrun the batches are split over the ranks; the per-batch sums are added in batch order on every
     rank, as one process adds them."""
     n = len(data)
@@ -129,10 +129,9 @@ def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], dista
         i = starts[k]
         with torch.no_grad():
             cond = None if data.cond is None else data.cond[i:i + batch_size]
-            out = solver_fn(data.x_T[i:i + batch_size], cond)
-            total = float(distance(out, data.x0[i:i + batch_size]).sum())
-            ref = data.x0[i:i + batch_size]
-            return total, squared_error_sum(out, ref, data_range), excursion_sum(out, data_range)
+            out, ref = solver_fn(data.x_T[i:i + batch_size], cond), data.x0[i:i + batch_size]
+            return (float(distance(out, ref).sum()), squared_error_sum(out, ref, data_range),
+                    excursion_sum(out, data_range))
 
     total, mse, outside = 0.0, 0.0, 0.0
     for batch_total, batch_mse, batch_outside in distributed.map_batches(sums, len(starts)):
