@@ -8,7 +8,7 @@ name                     data      size                prediction             sc
 shapes16-v-cosine        shapes    3 x 16 x 16         ``v_prediction``       cosine (squaredcos)  3 shapes
 shapes16-x0-scaled       shapes    3 x 16 x 16         ``sample`` (x0)        scaled-linear (LDM)  none
 textures32-eps-linear    textures  1 x 32 x 32         ``epsilon``            linear (DDPM)        none
-textures32-flow          textures  3 x 32 x 32         ``flow_prediction``    rectified flow       none
+textures32-flow          textures  1 x 32 x 32         ``flow_prediction``    rectified flow       none
 =======================  ========  ==================  =====================  ===================  ==========
 
 *shapes*: a disk, square or triangle of random size, position and colour on a random background colour
@@ -50,8 +50,10 @@ SUITE = {
     "shapes16-x0-scaled": dict(data="shapes", size=16, channels=3, prediction="sample",
                                betas=dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012), classes=0),
     "textures32-eps-linear": dict(data="textures", size=32, channels=1, prediction="epsilon",
-                                  betas=dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02), classes=0),
-    "textures32-flow": dict(data="textures", size=32, channels=3, prediction="flow_prediction", betas=None, classes=0),
+                                  betas=dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02), classes=0,
+                                  blocks=(16, 32, 32)),
+    "textures32-flow": dict(data="textures", size=32, channels=1, prediction="flow_prediction", betas=None, classes=0,
+                            blocks=(16, 32, 32)),
 }
 
 
@@ -99,7 +101,7 @@ def make_batch(spec: dict, n: int, gen: torch.Generator) -> tuple[torch.Tensor, 
 
 def make_unet(spec: dict) -> UNet2DModel:
     return UNet2DModel(sample_size=spec["size"], in_channels=spec["channels"], out_channels=spec["channels"],
-                       block_out_channels=(32, 64, 64), layers_per_block=1,
+                       block_out_channels=spec.get("blocks", (32, 64, 64)), layers_per_block=1,
                        down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
                        num_class_embeds=(spec["classes"] + 1) if spec["classes"] else None, norm_num_groups=8)
 
@@ -206,7 +208,7 @@ anything that matters. Data: procedurally generated *{info['data']}* ({info['cha
 
 | | |
 |---|---|
-| network | diffusers `UNet2DModel`, blocks 32/64/64, one ResNet layer each, no attention, {info['parameters']:,} parameters (float16 weights) |
+| network | diffusers `UNet2DModel`, blocks {'/'.join(map(str, info.get('blocks', (32, 64, 64))))}, one ResNet layer each, no attention, {info['parameters']:,} parameters (float16 weights) |
 | prediction type | `{info['prediction']}` |
 | schedule | {schedule}, 1000 training steps, `clip_sample: false` |
 | condition | {classes} |
