@@ -18,11 +18,14 @@ range excursion (RMS distance of the samples to [-1, 1]) are recorded too. Write
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 import s4s
 from s4s.baselines import BASELINES
@@ -42,15 +45,30 @@ def measure(model, sampler, args, cache) -> dict:
     return {k: r[k] for k in ("teacher_rmse", "teacher_rmse_raw", "range_excursion", "teacher_range_excursion")}
 
 
+def append_row(results_path: Path, row: dict) -> list[dict]:
+    """Add ``row`` to ``results.json`` under a lock (several runs of this script may share one ``--out``)."""
+    with open(results_path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads(results_path.read_text()) if results_path.exists() else []
+        rows.append(row)
+        results_path.write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=sorted(d.name for d in SUITE_DIR.iterdir() if d.is_dir()))
     p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6])
     p.add_argument("--methods", nargs="+", default=["s4s", "s4s-alt", "s4s-alt-pc"])
     p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python benchmarks/generalization_suite.py " + " ".join(sys.argv[1:])
+    run = {"command": command, "threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     rows = json.loads(results_path.read_text()) if results_path.exists() else []
@@ -70,8 +88,7 @@ def main() -> None:
                             continue
                         if best is None or m["teacher_rmse"] < best["teacher_rmse"]:
                             best = {**m, "solver": f"{base}/{grid}"}
-                rows.append({"model": name, "nfe": nfe, "method": "best hand-designed", **best})
-                results_path.write_text(json.dumps(rows, indent=1) + "\n")
+                rows = append_row(results_path, {"model": name, "nfe": nfe, "method": "best hand-designed", **best, **run})
             for method in args.methods:
                 if (name, nfe, method) in done:
                     continue
@@ -80,20 +97,24 @@ def main() -> None:
                 seconds = time.time() - t0
                 m = measure(model, result.solver, args, cache)
                 meta = result.solver.metadata
-                rows.append({"model": name, "nfe": nfe, "method": method, **m, "solver": f"from {result.base}/{result.grid}",
-                             "learn_seconds": seconds, "val_rmse": meta["val_rmse"], "base_val_rmse": meta["base_val_rmse"],
-                             "rmse_guard_refusals": meta["rmse_guard_refusals"]})
-                results_path.write_text(json.dumps(rows, indent=1) + "\n")
+                rows = append_row(results_path, {
+                    "model": name, "nfe": nfe, "method": method, **m, "solver": f"from {result.base}/{result.grid}",
+                    "learn_seconds": seconds, "teacher_seconds": result.teacher_seconds, "val_rmse": meta["val_rmse"],
+                    "base_val_rmse": meta["base_val_rmse"], "kept_step": meta["kept_step"],
+                    "rmse_guard_refusals": meta["rmse_guard_refusals"], "lr_backoffs": meta["lr_backoffs"], **run})
                 log.info("%s NFE %d %s: RMSE %.4f (%.0f s)", name, nfe, method, m["teacher_rmse"], seconds)
-    write_report(rows, args.out, " ".join(sys.argv[1:]))
+    write_report(json.loads(results_path.read_text()), args.out)
 
 
-def write_report(rows: list[dict], out: Path, command: str) -> None:
+def write_report(rows: list[dict], out: Path) -> None:
+    """``README.md`` (a table per model, the commands that made the rows) and one plot per model."""
+    commands = list(dict.fromkeys(r["command"] for r in rows if "command" in r))
     lines = ["# Generalization suite: learned solvers on models they were not tuned on", "",
              f"RMSE to a 100-call teacher ({TEACHER}) on 1,000 held-out noises, samples clamped to [-1, 1] as a pipeline shows "
              "them (s4s.teacher_distance; lower is better); in brackets "
-             "the ratio to the best hand-designed solver at that NFE. Made by `python benchmarks/generalization_suite.py "
-             + command + "`; method and limits: [../generalization.md](../generalization.md).", ""]
+             "the ratio to the best hand-designed solver at that NFE; method and limits: "
+             "[../generalization.md](../generalization.md). Rows accumulate in `results.json`, made by:", "",
+             *[f"    {c}" for c in commands], ""]
     for name in sorted({r["model"] for r in rows}):
         mine = [r for r in rows if r["model"] == name]
         nfes = sorted({r["nfe"] for r in mine})

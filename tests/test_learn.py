@@ -188,10 +188,62 @@ def test_learning_rate_warm_up_and_cosine_decay():
     assert _lr_factor(10, 4, step=50, steps=100) == 1.0
 
 
-def test_default_learning_rate_depends_on_nfe_and_an_explicit_one_wins():
-    """No lr given: 1e-2 up to NFE 6, 2e-3 above (trainer.default_lr); the run's config records it."""
-    assert [LearnConfig(nfe=n).coefficient_lr for n in (3, 6, 7, 10)] == [1e-2, 1e-2, 2e-3, 2e-3]
+def test_default_learning_rate_is_one_number_and_an_explicit_one_wins():
+    """No lr given: the same rate at every NFE (no threshold); the back-off corrects it per run."""
+    from s4s.learning.config import DEFAULT_LR
+
+    assert {LearnConfig(nfe=n).coefficient_lr for n in (3, 6, 7, 10, 20)} == {DEFAULT_LR}
     assert LearnConfig(nfe=10, lr=5e-2).coefficient_lr == 5e-2
+    for bad in (1.0, 0.5, float("nan")):
+        with pytest.raises(ValueError, match="backoff_ratio"):
+            LearnConfig(nfe=4, backoff_ratio=bad).validate()
+    LearnConfig(nfe=4, backoff_ratio=float("inf")).validate()
+
+
+def test_back_off_restores_the_best_parameters_and_halves_the_rates(setup):
+    """TrainState.back_off: the parameters return to the best kept ones exactly, the learning rates of
+    the next step are half what they were, the optimisers start afresh (no Adam moments)."""
+    from s4s.learning.trainer import TrainState, Validation
+
+    schedule, den, (train, _), _ = setup
+    cfg = LearnConfig(nfe=4, method="s4s-alt", warmup=0)
+    model = LearnableSolver(schedule, "dpmpp_3m", s4s.make_grid("time", schedule, 4))
+    state = TrainState.start(model, cfg, "dpmpp_3m", "time", {}, train)
+    state.history.append({"step": 0, "val_loss": 1.0, "val_mse": 1.0})
+    assert state.keep_if_best(Validation(1.0, 1.0))
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    state.optimiser_step(cfg, "coefficients")
+    state.optimiser_step(cfg, "grid")
+    assert any(not torch.equal(best[k], v) for k, v in model.state_dict().items())
+    assert state.diverged(Validation(1.6, 1.0), cfg) and not state.diverged(Validation(1.4, 1.0), cfg)
+    assert not state.diverged(Validation(1e9, 1.0), cfg.with_options(backoff_ratio=float("inf")))
+    state.step = 25
+    state.back_off()
+    assert all(torch.equal(best[k], v) for k, v in model.state_dict().items())
+    assert state.backoffs == [25] and state.lr_scale == 0.5 and not state.coef_opt.state and not state.grid_opt.state
+    state.optimiser_step(cfg, "coefficients")
+    state.optimiser_step(cfg, "grid")
+    assert state.coef_opt.param_groups[0]["lr"] == 0.5 * cfg.coefficient_lr
+    assert state.grid_opt.param_groups[0]["lr"] == 0.5 * cfg.grid_lr
+
+
+def test_a_learning_rate_far_too_large_backs_off_and_still_beats_the_base(setup):
+    """At lr 0.2 (20x the default) validation climbs above 1.5x its best; the run backs off (recorded in the
+    metadata), keeps learning at the smaller rates and ends better than its base on held-out noise, and
+    better than the same run without the back-off (worse than its base there)."""
+    schedule, den, (train, val), test = setup
+    kw = dict(nfe=4, method="s4s", base="dpmpp_3m", grid="quadratic", steps=120, batch_size=64, val_every=10,
+              learn_a=False, lr=0.2)
+    res = train_solver(den, schedule, train, val, LearnConfig(**kw), progress=False)
+    never = train_solver(den, schedule, train, val, LearnConfig(backoff_ratio=float("inf"), **kw), progress=False)
+    meta = res.solver.metadata
+    assert len(meta["lr_backoffs"]) >= 1 and never.solver.metadata["lr_backoffs"] == []
+    base = s4s.baseline("dpmpp_3m", schedule, 4, grid="quadratic")
+    e_base, e_res, e_never = (_rmse(s, den, test) for s in (base, res.solver, never.solver))
+    assert e_res < 0.97 * e_base and e_res < 0.97 * e_never, (e_base, e_res, e_never)
+    assert meta["val_loss"] < never.solver.metadata["val_loss"]
 
 
 def test_auto_base_is_predictor_only_for_lms_methods_and_unipc_for_pc(setup):

@@ -112,6 +112,7 @@ def _cmd_bench_baselines(args: argparse.Namespace) -> int:
 LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num_samples",
                "teacher_batch_size": "teacher_batch_size", "val_every": "val_every", "steps": "steps",
                "batch_size": "batch_size", "micro_batch": "micro_batch", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
+               "backoff_ratio": "backoff_ratio",
                "ball_radius": "ball_radius", "base": "base", "grid": "grid", "learn_a": "learn_a",
                "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors", "seed": "seed"}
 
@@ -156,6 +157,9 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     if meta.get("rmse_guard_refusals"):
         lines.append(f"{meta['rmse_guard_refusals']} validation(s) with a lower {meta['loss']} but a worse RMSE to the "
                      "teacher than the base were not kept")
+    if meta.get("lr_backoffs"):
+        lines.append(f"validation diverged at step(s) {', '.join(map(str, meta['lr_backoffs']))}: went back to the best "
+                     f"solver with the learning rates halved each time (kept step {meta['kept_step']})")
     if result.stopped:
         lines.append(f"stopped early: {result.stopped}")
     gpu = summary["peak_gpu_memory_mb"]
@@ -474,7 +478,7 @@ def _preset_help(text: str, field: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from s4s import __version__
-    from s4s.learning.config import LR_DECAYS, METHODS, PRESETS, default_lr
+    from s4s.learning.config import DEFAULT_LR, LR_DECAYS, METHODS, PRESETS
     from s4s.learning.objectives import LOSSES
 
     parser = argparse.ArgumentParser(prog="s4s", description="Learned few-step solvers for diffusion models.",
@@ -522,8 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=None,
                    help=_preset_help("steps between validations (and checkpoints)", "val_every"))
     p.add_argument("--lr", type=float, default=None,
-                   help=f"Adam learning rate of the coefficients (default: {default_lr(1):g} up to NFE 6, "
-                        f"{default_lr(7):g} above; docs/ablations_mnist.md)")
+                   help=f"Adam learning rate of the coefficients (default: {DEFAULT_LR:g} at every NFE; the run halves "
+                        "it when validation diverges, see --backoff-ratio)")
+    p.add_argument("--backoff-ratio", type=float, default=None,
+                   help=_preset_help("a validation loss above RATIO x the best so far restores the best solver and "
+                                     "halves the learning rates; 'inf': never", "backoff_ratio"))
     p.add_argument("--lr-decay", choices=LR_DECAYS, default=None, help=_preset_help("learning-rate decay after warm-up",
                                                                                     "lr_decay"))
     p.add_argument("--ball-radius", type=float, default=None,

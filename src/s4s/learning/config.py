@@ -22,21 +22,18 @@ from s4s.grids import GRIDS
 from s4s.learning.objectives import LOSSES
 from s4s.teacher import DEFAULT_TEACHER, parse_teacher
 
-__all__ = ["LearnConfig", "PRESETS", "preset_config", "default_lr", "METHODS", "LR_DECAYS", "AUTO_LOSS"]
+__all__ = ["LearnConfig", "PRESETS", "preset_config", "DEFAULT_LR", "METHODS", "LR_DECAYS", "AUTO_LOSS"]
 
 METHODS = ("s4s", "s4s-pc", "s4s-alt", "s4s-alt-pc", "s4s-joint")
 LR_DECAYS = ("constant", "cosine")
 AUTO_LOSS = "auto"
 
 
-def default_lr(nfe: int) -> float:
-    """Adam learning rate of the coefficient residuals when none is given: 1e-2 up to NFE 6, 2e-3 above.
-
-    Larger NFE made 1e-2 unstable on the bundled eps model (the validation loss jumped between checks
-    at NFE 8 and never beat the base at NFE 10; ``docs/ablations_mnist.md``). Why larger NFE needs smaller
-    steps was not isolated; NFE 7 and 9 were not measured.
-    """
-    return 1e-2 if nfe <= 6 else 2e-3
+# Adam learning rate of the coefficient residuals when none is given, the same at every NFE: a run whose
+# validation loss climbs above ``backoff_ratio`` times its best goes back to its best parameters and
+# halves its learning rates (TrainState.back_off in s4s.learning.trainer), so a step size too large for a
+# model or an NFE is corrected by the run itself (docs/ablations_mnist.md, docs/generalization.md).
+DEFAULT_LR = 1e-2
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,7 @@ class LearnConfig:
     """One learning run's settings; saved beside the result and compared on ``resume``.
 
     ``nfe`` may be left out of a preset and given when learning. ``lr=None`` means
-    :func:`default_lr` of the NFE; ``loss="auto"`` is resolved when the model is known
+    ``DEFAULT_LR``; ``loss="auto"`` is resolved when the model is known
     (:func:`s4s.learning.model_losses.resolve_loss`): a feature distance only where a network made
     for the model's data is declared, else ``l2``.
     """
@@ -67,12 +64,13 @@ class LearnConfig:
     batch_size: int = 32
     micro_batch: Optional[int] = None  # samples per forward/backward pass (gradients summed: the same step); None: the
     #                                    whole batch, halved automatically when a pass runs out of GPU memory
-    lr: Optional[float] = None         # coefficient residuals; None: default_lr(nfe)
+    lr: Optional[float] = None         # coefficient residuals; None: DEFAULT_LR
     grid_lr: float = 2e-2              # grid logits and input-time shifts
     warmup: int = 10
     lr_decay: str = "constant"         # or "cosine": after warm-up, lr * (1 + cos(pi * step / steps)) / 2
     alt_round: int = 50                # steps per round for S4S-Alt
     val_every: int = 25
+    backoff_ratio: float = 1.5         # validation loss > ratio x best: back to the best, halve the rates; inf: never
     ball_radius: float = 0.0           # relaxed objective (LD3): RMS radius in units of sigma_T; 0 = plain
     ball_lr: float = 0.05
     guidance: Optional[float] = None   # classifier-free guidance scale learned for
@@ -94,8 +92,8 @@ class LearnConfig:
 
     @property
     def coefficient_lr(self) -> float:
-        """The coefficient learning rate: ``lr``, or :func:`default_lr` of the NFE."""
-        return self.lr if self.lr is not None else default_lr(self.nfe or 1)
+        """The coefficient learning rate: ``lr``, or ``DEFAULT_LR``."""
+        return self.lr if self.lr is not None else DEFAULT_LR
 
     @property
     def corrector(self) -> bool:
@@ -129,6 +127,8 @@ class LearnConfig:
         for name in ("steps", "batch_size", "val_every", "alt_round", "teacher_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.backoff_ratio > 1:  # also refuses NaN
+            raise ValueError(f"backoff_ratio must be > 1 (inf: never back off), got {self.backoff_ratio}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
         if self.warmup < 0:

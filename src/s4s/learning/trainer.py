@@ -19,7 +19,9 @@ Methods:
 Adam with linear warm-up, mini-batches, validation every ``val_every`` steps on held-out noise
 with the plain objective (``r = 0``, same distance; the RMSE is recorded too); the best-on-validation
 solver is returned, and step 0 is the base
-solver, so the result is never worse than the base on validation. A checkpoint at every
+solver, so the result is never worse than the base on validation. A validation loss above
+``backoff_ratio`` times the best so far sends the run back to its best parameters with both learning
+rates halved (one default rate at every NFE; :meth:`TrainState.back_off`). A checkpoint at every
 validation lets an interrupted run resume to the same result. NaN/inf stops the run with a
 clear message and keeps the best solver so far.
 """
@@ -99,8 +101,8 @@ class LearnResult:
         return {"method": meta["method"], "nfe": self.solver.nfe, "base": self.base, "grid": self.grid,
                 "loss": meta["loss"], "base_val_loss": meta["base_val_loss"], "val_loss": meta["val_loss"],
                 "base_val_rmse": meta["base_val_rmse"], "val_rmse": meta["val_rmse"], "steps": meta["steps"],
-                "stopped": self.stopped, "seconds": self.seconds, "teacher_seconds": self.teacher_seconds,
-                "seconds_per_step": self.seconds_per_step}
+                "lr_backoffs": meta.get("lr_backoffs", []), "stopped": self.stopped, "seconds": self.seconds,
+                "teacher_seconds": self.teacher_seconds, "seconds_per_step": self.seconds_per_step}
 
 
 @dataclass
@@ -272,6 +274,8 @@ class TrainState:
     best_mse: float = math.inf
     best_state: Optional[dict[str, Tensor]] = None
     guarded: int = 0   # validations whose lower loss the RMSE guard refused
+    lr_scale: float = 1.0   # multiplies both learning rates; halved at every back-off
+    backoffs: list[int] = field(default_factory=list)   # the steps at which the run backed off
 
     @classmethod
     def start(cls, model: nn.Module, config: LearnConfig, base: str, grid: str, base_losses: dict[str, float],
@@ -288,6 +292,7 @@ class TrainState:
                 "grid_opt": None if self.grid_opt is None else self.grid_opt.state_dict(), "gen": self.gen.get_state(),
                 "x_prime": self.x_prime, "step": self.step, "history": self.history, "best_val": self.best_val,
                 "best_state": self.best_state, "best_mse": self.best_mse, "guarded": self.guarded,
+                "lr_scale": self.lr_scale, "backoffs": self.backoffs,
                 "coef_steps": self.coef_steps, "grid_steps": self.grid_steps,
                 "base": self.base, "grid": self.grid, "base_losses": self.base_losses, "config": asdict(config),
                 "data": data_digest}
@@ -302,9 +307,9 @@ class TrainState:
     @classmethod
     def resume(cls, record: dict[str, Any], model: nn.Module, config: LearnConfig, train: TeacherData) -> "TrainState":
         """The state saved in ``record`` (a checkpoint :func:`_load_checkpoint` accepted), into ``model``."""
-        if not {"best_mse", "guarded"} <= set(record):
-            raise ValueError("the checkpoint was written by an older s4s (without the RMSE guard); start the run "
-                             "afresh (without --resume)")
+        if not {"best_mse", "guarded", "lr_scale", "backoffs"} <= set(record):
+            raise ValueError("the checkpoint was written by an older s4s (without the RMSE guard or the learning-rate "
+                             "back-off); start the run afresh (without --resume)")
         state = cls.start(model, config, record["base"], record["grid"], record["base_losses"], train)
         state.model.load_state_dict(record["model"])
         state.coef_opt.load_state_dict(record["coef_opt"])
@@ -312,7 +317,8 @@ class TrainState:
             state.grid_opt.load_state_dict(record["grid_opt"])
         state.gen.set_state(record["gen"])
         state.x_prime = record["x_prime"]
-        for name in ("step", "history", "best_val", "best_state", "coef_steps", "grid_steps", "best_mse", "guarded"):
+        for name in ("step", "history", "best_val", "best_state", "coef_steps", "grid_steps", "best_mse", "guarded",
+                     "lr_scale", "backoffs"):
             setattr(state, name, record[name])
         return state
 
@@ -329,17 +335,36 @@ class TrainState:
             self.best_state = copy.deepcopy(self.model.state_dict())
         return True
 
+    def diverged(self, val: "Validation", config: LearnConfig) -> bool:
+        """Whether the validation loss has climbed above ``config.backoff_ratio`` times the best kept one."""
+        return math.isfinite(self.best_val) and val.loss > config.backoff_ratio * self.best_val
+
+    def back_off(self) -> None:
+        """Learning-rate back-off: return to the best parameters so far, halve both learning rates, and
+        start the optimisers afresh (their moments belong to the path that diverged; warm-up again).
+
+        A step size is too large for a model or an NFE when the loss climbs well above its best; going
+        back and halving finds a step size that works, so the default rate needs no NFE threshold."""
+        self.model.load_state_dict(self.best_state)
+        self.lr_scale *= 0.5
+        self.backoffs.append(self.step)
+        for opt in (self.coef_opt, self.grid_opt):
+            if opt is not None:
+                opt.state.clear()
+        self.coef_steps = self.grid_steps = 0
+
     def optimiser_step(self, config: LearnConfig, phase: str) -> None:
-        """Adam on the groups ``phase`` names, each with its own warm-up (and the run's decay)."""
+        """Adam on the groups ``phase`` names, each with its own warm-up (and the run's decay), times the
+        back-off scale."""
         if phase in ("coefficients", "joint"):
             for g in self.coef_opt.param_groups:
-                g["lr"] = config.coefficient_lr * _lr_factor(self.coef_steps, config.warmup, self.step, config.steps,
+                g["lr"] = self.lr_scale * config.coefficient_lr * _lr_factor(self.coef_steps, config.warmup, self.step, config.steps,
                                                              config.lr_decay)
             self.coef_opt.step()
             self.coef_steps += 1
         if phase in ("grid", "joint") and self.grid_opt is not None:
             for g in self.grid_opt.param_groups:
-                g["lr"] = config.grid_lr * _lr_factor(self.grid_steps, config.warmup, self.step, config.steps,
+                g["lr"] = self.lr_scale * config.grid_lr * _lr_factor(self.grid_steps, config.warmup, self.step, config.steps,
                                                       config.lr_decay)
             self.grid_opt.step()
             self.grid_steps += 1
@@ -540,6 +565,11 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                 log.info("step %d: validation %s %.5g is the lowest so far, but its RMSE to the teacher %.5f is worse "
                          "than the base's %.5f: not kept", state.step, config.loss, val_loss, math.sqrt(val.mse),
                          math.sqrt(state.history[0]["val_mse"]))
+            if state.diverged(val, config):
+                state.back_off()
+                log.info("step %d: validation %s %.5g is above %g x the best (%.5g): back to the best solver, learning "
+                         "rates x %g", state.step, config.loss, val_loss, config.backoff_ratio, state.best_val,
+                         state.lr_scale)
             bar.set_postfix(val=f"{val_loss:.4g}", best=f"{state.best_val:.4g}", val_rmse=f"{math.sqrt(val.mse):.4f}")
             if ckpt_path is not None:
                 state.save(ckpt_path, config, data_digest)
@@ -597,7 +627,8 @@ def _result(state: TrainState, config: LearnConfig, metadata: Optional[dict[str,
             "guidance": config.guidance, "source": config.method, **(metadata or {}),
             "val_loss": state.best_val, "base_val_loss": history[0]["val_loss"], "val_rmse": math.sqrt(state.best_mse),
             "base_val_rmse": math.sqrt(history[0]["val_mse"]), "steps": state.step, "kept_step": kept["step"],
-            "rmse_guard_refusals": state.guarded, "data_range": None if data_range is None else list(data_range),
+            "rmse_guard_refusals": state.guarded, "lr_backoffs": list(state.backoffs),
+            "data_range": None if data_range is None else list(data_range),
             "val_range_excursion": kept["val_range_excursion"],
             "base_val_range_excursion": history[0]["val_range_excursion"]}
     if data_range is not None and is_far_outside(kept["val_range_excursion"], history[0]["val_range_excursion"]):

@@ -182,6 +182,10 @@ class _Flux(_Family):
     time_scale = 1.0  # the transformer takes sigma itself (the pipeline passes timestep / 1000)
     max_shift_default = 1.15
 
+    def __init__(self, pipe: Any, height: Optional[int], width: Optional[int]):
+        super().__init__(pipe, height, width)
+        self._ids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
     def multiple(self) -> int:
         return self.vae_scale * 2
 
@@ -203,10 +207,18 @@ class _Flux(_Family):
         emb, pooled, _ = self.pipe.encode_prompt(prompts, None, device=device, **kw)
         return {"encoder_hidden_states": emb, "pooled_projections": pooled}, {}
 
+    def _position_ids(self, text_len: int, device, dtype):
+        """The (text, image) position ids the pipeline passes: the same at every call of one resolution,
+        so they are built once per (text length, device, dtype)."""
+        key = (text_len, device, dtype)
+        if key not in self._ids:
+            h, w = self.latent_hw
+            self._ids[key] = (torch.zeros(text_len, 3, device=device, dtype=dtype),
+                              self.pipe._prepare_latent_image_ids(1, h // 2, w // 2, device, dtype))
+        return self._ids[key]
+
     def call(self, x, t, rows, guidance):
-        txt_ids = torch.zeros(rows["encoder_hidden_states"].shape[1], 3, device=x.device, dtype=x.dtype)
-        h, w = self.latent_hw
-        img_ids = self.pipe._prepare_latent_image_ids(x.shape[0], h // 2, w // 2, x.device, x.dtype)
+        txt_ids, img_ids = self._position_ids(rows["encoder_hidden_states"].shape[1], x.device, x.dtype)
         g = None
         if self.guidance_input:
             if guidance is None:
