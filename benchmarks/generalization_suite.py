@@ -47,11 +47,15 @@ def measure(model, sampler, args, cache) -> dict:
 
 def append_row(results_path: Path, row: dict) -> list[dict]:
     """Add ``row`` to ``results.json`` under a lock (several runs of this script may share one ``--out``)."""
-    with open(results_path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        rows = json.loads(results_path.read_text()) if results_path.exists() else []
+    with open(results_path, "a+") as f:  # created if absent; the lock is on the file itself
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        text = f.read()
+        rows = json.loads(text) if text.strip() else []
         rows.append(row)
-        results_path.write_text(json.dumps(rows, indent=1) + "\n")
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(rows, indent=1) + "\n")
     return rows
 
 
