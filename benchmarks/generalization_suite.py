@@ -45,7 +45,7 @@ def measure(model, sampler, args, cache) -> dict:
     return {k: r[k] for k in ("teacher_rmse", "teacher_rmse_raw", "range_excursion", "teacher_range_excursion")}
 
 
-def append_row(results_path: Path, row: dict) -> list[dict]:
+def append_row(results_path: Path, row: dict) -> None:
     """Add ``row`` to ``results.json`` under a lock (several runs of this script may share one ``--out``)."""
     with open(results_path, "a+") as f:  # created if absent; the lock is on the file itself
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -56,7 +56,6 @@ def append_row(results_path: Path, row: dict) -> list[dict]:
         f.seek(0)
         f.truncate()
         f.write(json.dumps(rows, indent=1) + "\n")
-    return rows
 
 
 def main() -> None:
@@ -75,8 +74,8 @@ def main() -> None:
     run = {"command": command, "threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
-    rows = json.loads(results_path.read_text()) if results_path.exists() else []
-    done = {(r["model"], r["nfe"], r["method"]) for r in rows}
+    done = {(r["model"], r["nfe"], r["method"]) for r in
+            (json.loads(results_path.read_text()) if results_path.exists() else [])}
     cache = default_cache_dir()
     for name in args.models:
         model = s4s.load_model(SUITE_DIR / name)
@@ -92,7 +91,7 @@ def main() -> None:
                             continue
                         if best is None or m["teacher_rmse"] < best["teacher_rmse"]:
                             best = {**m, "solver": f"{base}/{grid}"}
-                rows = append_row(results_path, {"model": name, "nfe": nfe, "method": "best hand-designed", **best, **run})
+                append_row(results_path, {"model": name, "nfe": nfe, "method": "best hand-designed", **best, **run})
             for method in args.methods:
                 if (name, nfe, method) in done:
                     continue
@@ -101,7 +100,7 @@ def main() -> None:
                 seconds = time.time() - t0
                 m = measure(model, result.solver, args, cache)
                 meta = result.solver.metadata
-                rows = append_row(results_path, {
+                append_row(results_path, {
                     "model": name, "nfe": nfe, "method": method, **m, "solver": f"from {result.base}/{result.grid}",
                     "learn_seconds": seconds, "teacher_seconds": result.teacher_seconds, "val_rmse": meta["val_rmse"],
                     "base_val_rmse": meta["base_val_rmse"], "kept_step": meta["kept_step"],

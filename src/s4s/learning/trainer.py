@@ -356,16 +356,18 @@ class TrainState:
     def optimiser_step(self, config: LearnConfig, phase: str) -> None:
         """Adam on the groups ``phase`` names, each with its own warm-up (and the run's decay), times the
         back-off scale."""
+        def rate(base_lr: float, group_steps: int) -> float:
+            return self.lr_scale * base_lr * _lr_factor(group_steps, config.warmup, self.step, config.steps,
+                                                        config.lr_decay)
+
         if phase in ("coefficients", "joint"):
             for g in self.coef_opt.param_groups:
-                g["lr"] = self.lr_scale * config.coefficient_lr * _lr_factor(self.coef_steps, config.warmup, self.step, config.steps,
-                                                             config.lr_decay)
+                g["lr"] = rate(config.coefficient_lr, self.coef_steps)
             self.coef_opt.step()
             self.coef_steps += 1
         if phase in ("grid", "joint") and self.grid_opt is not None:
             for g in self.grid_opt.param_groups:
-                g["lr"] = self.lr_scale * config.grid_lr * _lr_factor(self.grid_steps, config.warmup, self.step, config.steps,
-                                                      config.lr_decay)
+                g["lr"] = rate(config.grid_lr, self.grid_steps)
             self.grid_opt.step()
             self.grid_steps += 1
 

@@ -214,7 +214,8 @@ def _loaded_model(folder: Path, pipe: Any, family: _Family, table: dict[str, Ten
             cond, guidance = cond
         if cond is None:
             raise ValueError(f"{family.pipeline}: sampling needs prompt indices as the condition")
-        index = torch.as_tensor(cond).long().flatten()  # checked where the labels live (the CPU: no GPU sync)
+        # checked on the labels' own device (s4s makes them on the CPU: no GPU sync per call)
+        index = torch.as_tensor(cond).long().flatten()
         if bool(((index < 0) | (index >= num_rows)).any()):
             raise ValueError(f"prompt index out of range 0..{num_rows - 1}")
         rows = {k: v.index_select(0, index.to(v.device)) for k, v in table.items()}
