@@ -19,9 +19,11 @@ def test_the_default_config_is_the_default_preset_and_the_cli_default():
         args = build_parser().parse_args(["learn", "--nfe", "5", "--out", "x.json", "--preset", preset])
         assert learn_config_from_args(args) == PRESETS[preset].with_options(nfe=5)
     args = build_parser().parse_args(["learn", "--nfe", "3", "--out", "x.json", "--preset", "fast", "--steps", "7",
-                                      "--teacher-samples", "40", "--no-learn-a", "--loss", "l1", "--guidance", "2"])
+                                      "--teacher-samples", "40", "--no-learn-a", "--loss", "l1", "--guidance", "2",
+                                      "--no-range-aware"])
     assert learn_config_from_args(args) == preset_config("fast", nfe=3, steps=7, num_samples=40, learn_a=False, loss="l1",
-                                                         guidance=2.0)
+                                                         guidance=2.0, range_aware=False)
+    assert LearnConfig().range_aware is None  # auto: chosen from the teacher's samples
 
 
 def test_unknown_options_and_presets_are_refused_by_name():

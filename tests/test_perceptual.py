@@ -32,6 +32,17 @@ def test_perceptual_loss_is_the_lpips_formula():
         make_distance("perceptual")
 
 
+def test_range_aware_targets_leave_the_perceptual_loss_unchanged():
+    """The network clamps its inputs to [-1, 1], and a range-aware target clamps to the teacher's value."""
+    from s4s.learning.objectives import range_aware
+
+    net = MnistPerceptualNet().eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(2)
+    x, y = 1.5 * torch.randn(4, 1, 28, 28, generator=gen), 1.5 * torch.randn(4, 1, 28, 28, generator=gen)
+    plain = make_distance("perceptual", net.features)
+    assert torch.equal(range_aware(plain, (-1.0, 1.0))(x, y), plain(x, y))
+
+
 def test_shipped_perceptual_network_and_fd_classifier_classify_mnist_test():
     data = load_mnist()
     x, labels = data.test_images, data.test_labels

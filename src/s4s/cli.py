@@ -112,7 +112,7 @@ def _cmd_bench_baselines(args: argparse.Namespace) -> int:
 LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num_samples",
                "teacher_batch_size": "teacher_batch_size", "val_every": "val_every", "steps": "steps",
                "batch_size": "batch_size", "micro_batch": "micro_batch", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
-               "backoff_ratio": "backoff_ratio",
+               "range_aware": "range_aware", "backoff_ratio": "backoff_ratio",
                "ball_radius": "ball_radius", "base": "base", "grid": "grid", "learn_a": "learn_a",
                "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors", "seed": "seed"}
 
@@ -149,7 +149,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     summary = {**result.summary(), "solver": str(args.out), "run_dir": str(run_dir), "wall_seconds": time.time() - t0,
                "peak_memory_mb": peak_memory_mb(), "peak_gpu_memory_mb": peak_gpu_memory_mb()}
     lines = [f"learned {meta['method']} NFE {result.solver.nfe} from {result.base}/{result.grid}: validation RMSE to the "
-             f"teacher {meta['base_val_rmse']:.4f} -> {meta['val_rmse']:.4f} ({meta['loss']}: {meta['base_val_loss']:.4g} "
+             f"teacher {meta['base_val_rmse']:.4f} -> {meta['val_rmse']:.4f} ({meta['loss']}"
+             f"{', range-aware targets' if meta.get('range_aware') else ''}: {meta['base_val_loss']:.4g} "
              f"-> {meta['val_loss']:.4g})"]
     if meta.get("data_range") is not None:
         lines.append(f"RMS distance of the samples to the data range {meta['data_range']}: "
@@ -518,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default=None, choices=["auto", *LOSSES],
                    help=_preset_help("distance to the teacher; auto: perceptual where the model declares a data set "
                                      "s4s ships a perceptual network for, else l2", "loss"))
+    p.add_argument("--range-aware", action=argparse.BooleanOptionalAction, default=None,
+                   help="pixel models: teacher values beyond the data range are targets only up to its edge, as "
+                        "the clamped image shows them; --no-range-aware: the raw values (default: range-aware when "
+                        "the teacher's own samples leave the range, see docs/design.md §5.3)")
     p.add_argument("--steps", type=int, default=None, help=_preset_help("optimiser steps", "steps"))
     p.add_argument("--batch-size", type=int, default=None, help=_preset_help("teacher samples per step", "batch_size"))
     p.add_argument("--micro-batch", type=int, default=None,

@@ -58,6 +58,8 @@ class LearnConfig:
     grid: str = "auto"                 # a GRIDS name, or "auto": best grid for the base on validation
     loss: str = AUTO_LOSS
     decode_loss: bool = False          # latent pipelines: measure the loss on decoded images
+    range_aware: Optional[bool] = None  # pixel models: teacher values beyond the data range are targets only up to its
+    #                                     edge; None: when the teacher's samples leave the range (s4s.learning.trainer)
     learn_a: bool = True               # also learn the state weights a
     # optimisation
     steps: int = 400

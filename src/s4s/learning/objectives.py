@@ -10,6 +10,14 @@ All return one value per sample (shape ``(B,)``), averaged by the trainer:
   already the perceptual distance (:meth:`s4s.bundled.perceptual.MnistPerceptualNet.features`: the bundled
   MNIST network that is independent of the FD classifier);
 * ``lpips``: LPIPS, only when the ``lpips`` package and its weights are present locally.
+
+For a pixel model with a data range ``[lo, hi]``, :func:`range_aware` makes any of them compare the
+student with the *set of values that display as the teacher's sample*: where the teacher lies inside
+the range the target is the teacher's value; where it lies at or above ``hi`` the target is
+``max(x, hi)`` (any value at or above the edge shows the same), and symmetrically below ``lo``. The
+residual ``x - target`` is the distance of ``x`` to the set ``{z : clamp(z) = clamp(y)}``, an upper bound
+on ``|clamp(x) - clamp(y)|`` that is exact where the student stays in range and still pulls back a
+student that leaves it (docs/design.md §5.3).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["LOSSES", "make_distance", "resolve_auto_loss"]
+__all__ = ["LOSSES", "make_distance", "resolve_auto_loss", "range_aware", "range_target"]
 
 Distance = Callable[[Tensor, Tensor], Tensor]
 
@@ -40,6 +48,20 @@ def pseudo_huber(x: Tensor, y: Tensor) -> Tensor:
     d = _flat(x - y)
     c = 0.00054 * d.shape[1] ** 0.5
     return torch.sqrt(d.pow(2).sum(1) + c * c) - c
+
+
+def range_target(x: Tensor, y: Tensor, lo: float, hi: float) -> Tensor:
+    r"""The point of ``{z : clamp(z, lo, hi) = clamp(y, lo, hi)}`` nearest to ``x``, per value (no gradient):
+    ``y`` where ``lo < y < hi``, ``max(x, hi)`` where ``y >= hi``, ``min(x, lo)`` where ``y <= lo``."""
+    x = x.detach()
+    return torch.where(y >= hi, torch.clamp(x, min=hi), torch.where(y <= lo, torch.clamp(x, max=lo), y))
+
+
+def range_aware(distance: Distance, data_range: tuple[float, float]) -> Distance:
+    """``distance(x, range_target(x, y))``: the teacher's values beyond the data range are targets only up
+    to the range's edge (see the module docstring)."""
+    lo, hi = data_range
+    return lambda x, y: distance(x, range_target(x, y, lo, hi))
 
 
 LOSSES = ("l2", "l1", "pseudo_huber", "feature", "perceptual", "lpips")

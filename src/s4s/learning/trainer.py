@@ -49,7 +49,7 @@ from s4s.teacher_distance import DataRange, excursion_sum, is_far_outside, squar
 from s4s.grids import GRIDS, make_grid
 from s4s.io import atomic_write, atomic_write_text
 from s4s.learning.config import LearnConfig
-from s4s.learning.objectives import make_distance, resolve_auto_loss
+from s4s.learning.objectives import make_distance, range_aware, resolve_auto_loss
 from s4s.learning.parametrization import GuidanceFamilyModule, LearnableSolver
 from s4s.teacher import TeacherData
 from s4s.plotting import line_plot
@@ -428,6 +428,9 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     single = len(conditions) == 1
     train = conditions[0].train
     distance = make_distance(config.loss, feature_fn)
+    targets_clamped = _use_range_aware(config, data_range, transform, conditions)
+    if targets_clamped:
+        distance = range_aware(distance, data_range)
     if transform is not None:
         inner_distance = distance
         distance = lambda x, y: inner_distance(transform(x), transform(y))  # noqa: E731
@@ -579,9 +582,38 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     if steps_timed:
         log.info("%.3g s per learning step (batch %d, NFE %d)%s", step_seconds / steps_timed, config.batch_size,
                  config.nfe, _gpu_peak(device))
-    result = _result(state, config, metadata, time.time() - t_start, stopped, data_range)
+    result = _result(state, config, {**(metadata or {}), "range_aware": targets_clamped}, time.time() - t_start,
+                     stopped, data_range)
     result.seconds_per_step = step_seconds / steps_timed if steps_timed else None
     return result
+
+
+# range_aware=None ("auto") uses range-aware targets when the teacher's samples lie outside the data range by an RMS
+# distance above this fraction of the range's width (the measurements behind it: docs/generalization.md)
+AUTO_RANGE_AWARE_EXCURSION = 0.025
+
+
+def _use_range_aware(config: LearnConfig, data_range: DataRange, transform, conditions: list[Condition]) -> bool:
+    """Whether the distance compares with range-aware targets (:func:`s4s.learning.objectives.range_aware`): never
+    without a data range or through a transform (latents); ``config.range_aware`` when set; for ``None``, when
+    the teacher's own samples leave the range (``AUTO_RANGE_AWARE_EXCURSION``). Logs the choice and why."""
+    if data_range is None or transform is not None:
+        if config.range_aware:
+            raise ValueError("range-aware targets need samples with a data range (a pixel model); this model's "
+                             f"{'loss compares decoded images' if transform is not None else 'samples have no range'}: "
+                             "leave range_aware unset")
+        return False
+    lo, hi = data_range
+    n = sum(c.train.x0.shape[0] for c in conditions)
+    excursion = math.sqrt(sum(excursion_sum(c.train.x0, data_range) for c in conditions) / n)
+    if config.range_aware is None:
+        use = excursion > AUTO_RANGE_AWARE_EXCURSION * (hi - lo)
+        why = (f"the teacher's samples lie outside the data range {list(data_range)} by RMS {excursion:.4f}, "
+               f"{'above' if use else 'not above'} {AUTO_RANGE_AWARE_EXCURSION:g} x its width")
+    else:
+        use, why = config.range_aware, f"as set; teacher's RMS distance to the data range {excursion:.4f}"
+    log.info("%s targets (%s)", "range-aware" if use else "raw", why)
+    return use
 
 
 def _micro_slices(n: int, micro_batch: Optional[int]) -> list[slice]:
