@@ -45,6 +45,14 @@ def measure(model, sampler, args, cache) -> dict:
     return {k: r[k] for k in ("teacher_rmse", "teacher_rmse_raw", "range_excursion", "teacher_range_excursion")}
 
 
+def learned_fields(result, seconds: float) -> dict:
+    """What a row records of a learning run (besides the measurement): start, timings, selection."""
+    meta = result.solver.metadata
+    return {"solver": f"from {result.base}/{result.grid}", "learn_seconds": seconds,
+            "teacher_seconds": result.teacher_seconds,
+            **{k: meta[k] for k in ("val_rmse", "base_val_rmse", "kept_step", "rmse_guard_refusals", "lr_backoffs")}}
+
+
 def append_row(results_path: Path, row: dict) -> None:
     """Add ``row`` to ``results.json`` under a lock (several runs of this script may share one ``--out``)."""
     with open(results_path, "a+") as f:  # created if absent; the lock is on the file itself
@@ -99,12 +107,8 @@ def main() -> None:
                 result = s4s.learn(model, nfe=nfe, method=method, progress=False)
                 seconds = time.time() - t0
                 m = measure(model, result.solver, args, cache)
-                meta = result.solver.metadata
-                append_row(results_path, {
-                    "model": name, "nfe": nfe, "method": method, **m, "solver": f"from {result.base}/{result.grid}",
-                    "learn_seconds": seconds, "teacher_seconds": result.teacher_seconds, "val_rmse": meta["val_rmse"],
-                    "base_val_rmse": meta["base_val_rmse"], "kept_step": meta["kept_step"],
-                    "rmse_guard_refusals": meta["rmse_guard_refusals"], "lr_backoffs": meta["lr_backoffs"], **run})
+                append_row(results_path, {"model": name, "nfe": nfe, "method": method, **m,
+                                          **learned_fields(result, seconds), **run})
                 log.info("%s NFE %d %s: RMSE %.4f (%.0f s)", name, nfe, method, m["teacher_rmse"], seconds)
     write_report(json.loads(results_path.read_text()), args.out)
 

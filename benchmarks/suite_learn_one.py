@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import s4s
-from generalization_suite import SUITE_DIR, measure
+from generalization_suite import SUITE_DIR, learned_fields, measure
 from s4s.teacher import default_cache_dir
 
 
@@ -39,10 +39,8 @@ def main() -> None:
     t0 = time.time()
     result = s4s.learn(model, nfe=args.nfe, progress=False, **options)
     seconds = time.time() - t0
-    meta = result.solver.metadata
-    row = {"model": args.model, "nfe": args.nfe, "options": options, "learn_seconds": seconds,
-           "solver": f"from {result.base}/{result.grid}", **measure(model, result.solver, args, default_cache_dir()),
-           **{k: meta.get(k) for k in ("val_rmse", "base_val_rmse", "kept_step", "lr_backoffs", "rmse_guard_refusals")},
+    row = {"model": args.model, "nfe": args.nfe, "options": options,
+           **measure(model, result.solver, args, default_cache_dir()), **learned_fields(result, seconds),
            "threads": torch.get_num_threads()}
     print(json.dumps(row))
     with open(args.rows, "a") as f:

@@ -347,7 +347,7 @@ def test_range_aware_targets_learn_a_solver_closer_to_the_teacher_after_the_clam
     assert runs[True].solver.metadata["data_range"] == [lo, hi]
 
 
-def test_auto_range_aware_targets_follow_whether_the_teacher_leaves_the_range(setup):
+def test_auto_range_aware_targets_follow_whether_the_teacher_leaves_the_range(setup, tmp_path):
     """``range_aware=None`` turns range-aware targets on only when the teacher's samples leave the data range by
     more than 2.5 % of its width; without a range there is nothing to be aware of."""
     schedule, den, (train, val), _ = setup
@@ -357,3 +357,6 @@ def test_auto_range_aware_targets_follow_whether_the_teacher_leaves_the_range(se
     assert chosen == {(-0.5, 0.5): True, (-10.0, 10.0): False, None: False}
     with pytest.raises(ValueError, match="range-aware targets need samples with a data range"):
         train_solver(den, schedule, train, val, LearnConfig(range_aware=True, **kw), progress=False)
+    with pytest.raises(ValueError, match="range-aware targets need samples with a data range"):  # before any teacher
+        s4s.learn(den, schedule, 2, (16,), range_aware=True, cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists()

@@ -428,8 +428,8 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     single = len(conditions) == 1
     train = conditions[0].train
     distance = make_distance(config.loss, feature_fn)
-    targets_clamped = _use_range_aware(config, data_range, transform, conditions)
-    if targets_clamped:
+    aware_targets = _use_range_aware(config, data_range, transform, conditions)
+    if aware_targets:
         distance = range_aware(distance, data_range)
     if transform is not None:
         inner_distance = distance
@@ -582,7 +582,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     if steps_timed:
         log.info("%.3g s per learning step (batch %d, NFE %d)%s", step_seconds / steps_timed, config.batch_size,
                  config.nfe, _gpu_peak(device))
-    result = _result(state, config, {**(metadata or {}), "range_aware": targets_clamped}, time.time() - t_start,
+    result = _result(state, config, {**(metadata or {}), "range_aware": aware_targets}, time.time() - t_start,
                      stopped, data_range)
     result.seconds_per_step = step_seconds / steps_timed if steps_timed else None
     return result
@@ -593,15 +593,22 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
 AUTO_RANGE_AWARE_EXCURSION = 0.025
 
 
+def check_range_aware(config: LearnConfig, data_range: DataRange, transform) -> None:
+    """One ``ValueError`` when ``range_aware=True`` is asked for where it cannot apply: samples without a data
+    range (latents) or a loss through a transform (decoded images). :func:`s4s.learn` calls it before the
+    teacher runs; :func:`_use_range_aware` again for direct callers of :func:`train_solver`."""
+    if config.range_aware and (data_range is None or transform is not None):
+        raise ValueError("range-aware targets need samples with a data range (a pixel model); this model's "
+                         f"{'loss compares decoded images' if transform is not None else 'samples have no range'}: "
+                         "leave range_aware unset")
+
+
 def _use_range_aware(config: LearnConfig, data_range: DataRange, transform, conditions: list[Condition]) -> bool:
     """Whether the distance compares with range-aware targets (:func:`s4s.learning.objectives.range_aware`): never
     without a data range or through a transform (latents); ``config.range_aware`` when set; for ``None``, when
     the teacher's own samples leave the range (``AUTO_RANGE_AWARE_EXCURSION``). Logs the choice and why."""
+    check_range_aware(config, data_range, transform)
     if data_range is None or transform is not None:
-        if config.range_aware:
-            raise ValueError("range-aware targets need samples with a data range (a pixel model); this model's "
-                             f"{'loss compares decoded images' if transform is not None else 'samples have no range'}: "
-                             "leave range_aware unset")
         return False
     lo, hi = data_range
     n = sum(c.train.x0.shape[0] for c in conditions)
