@@ -41,7 +41,9 @@ def main() -> None:
     seconds = time.time() - t0
     row = {"model": args.model, "nfe": args.nfe, "options": options,
            **measure(model, result.solver, args, default_cache_dir()), **learned_fields(result, seconds),
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(),
+           # the learning curve: (step, validation RMSE to the learning teacher, phase) at every validation
+           "val_rmse_history": [[h["step"], round(h["val_mse"] ** 0.5, 5), h["phase"]] for h in result.history]}
     print(json.dumps(row))
     with open(args.rows, "a") as f:
         f.write(json.dumps(row) + "\n")

@@ -19,7 +19,7 @@ from s4s import distributed
 from s4s.denoisers import clip_of, device_of, fingerprint_of
 from s4s.learning.config import LearnConfig, preset_config
 from s4s.family import anchor_scales, training_scales
-from s4s.learning.trainer import Condition, LearnResult, check_range_aware, save_run, train_family, train_solver
+from s4s.learning.trainer import Condition, LearnResult, check_range_aware, range_or_clip, save_run, train_family, train_solver
 from s4s.models import LoadedModel
 from s4s.schedules import Schedule
 from s4s.teacher import TeacherData, default_cache_dir, make_teacher_data, validation_count
@@ -102,7 +102,7 @@ def learn(model: LoadedModel | Callable[..., Tensor], schedule: Optional[Schedul
         elif config.decode_loss:
             raise ValueError("decode_loss needs decode= (the latent pipeline's decoder)")
     config.validate()
-    check_range_aware(config, data_range if data_range is not None else clip_of(denoiser), decode)
+    check_range_aware(config, range_or_clip(data_range, denoiser), decode)
     distributed.setup()  # under torchrun: join the launcher's process group if the script has not
     guided = config.guidance is not None or config.guidance_range is not None
     if guided and labels is None and (teacher_data is None or teacher_data.cond is None):

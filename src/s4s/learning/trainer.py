@@ -419,7 +419,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
            transform: Optional[Callable[[Tensor], Tensor]], device: Optional[torch.device | str],
            data_range: DataRange) -> LearnResult:
     """The loop behind :func:`train_solver` (one condition) and :func:`train_family` (several)."""
-    data_range = data_range if data_range is not None else clip_of(denoiser)
+    data_range = range_or_clip(data_range, denoiser)
     config = replace(config, loss=resolve_auto_loss(config.loss, feature_fn), lr=config.coefficient_lr)
     config.validate()
     t_start = time.time()
@@ -591,6 +591,11 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
 # range_aware=None ("auto") uses range-aware targets when the teacher's samples lie outside the data range by an RMS
 # distance above this fraction of the range's width (the measurements behind it: docs/generalization.md)
 AUTO_RANGE_AWARE_EXCURSION = 0.025
+
+
+def range_or_clip(data_range: DataRange, denoiser) -> DataRange:
+    """The data range learning uses: the one given, else the range the denoiser clamps D to (None: neither)."""
+    return data_range if data_range is not None else clip_of(denoiser)
 
 
 def check_range_aware(config: LearnConfig, data_range: DataRange, transform) -> None:
