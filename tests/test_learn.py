@@ -200,7 +200,7 @@ def test_default_learning_rate_is_one_number_and_an_explicit_one_wins():
     LearnConfig(nfe=4, backoff_ratio=float("inf")).validate()
 
 
-def test_back_off_restores_the_best_parameters_and_halves_the_rates(setup):
+def test_back_off_restores_the_best_parameters_and_halves_the_rates_of_the_groups_that_moved(setup):
     """TrainState.back_off: the parameters return to the best kept ones exactly, the learning rates of
     the next step are half what they were, the optimisers start afresh (no Adam moments)."""
     from s4s.learning.trainer import TrainState, Validation
@@ -227,6 +227,18 @@ def test_back_off_restores_the_best_parameters_and_halves_the_rates(setup):
     state.optimiser_step(cfg, "grid")
     assert state.coef_opt.param_groups[0]["lr"] == 0.5 * cfg.coefficient_lr
     assert state.grid_opt.param_groups[0]["lr"] == 0.5 * cfg.grid_lr
+    # one group at a time (backoff_scope="moved"): the other keeps its rate
+    state.step = 50
+    state.back_off({"grid"})
+    assert (state.lr_scale, state.grid_lr_scale) == (0.5, 0.25)
+    state.back_off({"coefficients"})
+    assert (state.lr_scale, state.grid_lr_scale) == (0.25, 0.25) and state.backoffs == [25, 50, 50]
+    state.optimiser_step(cfg, "coefficients")
+    state.optimiser_step(cfg, "grid")
+    assert state.coef_opt.param_groups[0]["lr"] == 0.25 * cfg.coefficient_lr
+    assert state.grid_opt.param_groups[0]["lr"] == 0.25 * cfg.grid_lr
+    state.back_off(("coefficients", "grid"))
+    assert (state.lr_scale, state.grid_lr_scale) == (0.125, 0.125)
 
 
 def test_a_learning_rate_far_too_large_backs_off_and_still_beats_the_base(setup):
@@ -244,6 +256,31 @@ def test_a_learning_rate_far_too_large_backs_off_and_still_beats_the_base(setup)
     e_base, e_res, e_never = (_rmse(s, den, test) for s in (base, res.solver, never.solver))
     assert e_res < 0.97 * e_base and e_res < 0.97 * e_never, (e_base, e_res, e_never)
     assert meta["val_loss"] < never.solver.metadata["val_loss"]
+
+
+def test_a_grid_rate_far_too_large_backs_off_both_rates_or_with_scope_moved_the_grid_alone(setup, tmp_path):
+    """S4S-Alt with a grid learning rate 100x the default and the default coefficient rate: validation
+    climbs after grid rounds. By default each back-off halves both rates; with backoff_scope="moved" it
+    halves the grid's and leaves the coefficients' alone (both read from the run's checkpoint), and that
+    run still ends better than its base on held-out noise."""
+    from s4s.learning.trainer import phase_at
+
+    schedule, den, (train, val), test = setup
+    cfg = LearnConfig(nfe=4, method="s4s-alt", base="dpmpp_3m", grid="quadratic", steps=80, batch_size=64,
+                      val_every=10, alt_round=10, warmup=0, grid_lr=2.0)
+    for scope in ("all", "moved"):
+        run_dir = tmp_path / scope
+        res = train_solver(den, schedule, train, val, cfg.with_options(backoff_scope=scope), run_dir=run_dir,
+                           progress=False)
+        backoffs = res.solver.metadata["lr_backoffs"]
+        assert backoffs and all(phase_at(cfg, s - 1) == "grid" for s in backoffs), (scope, backoffs)
+        record = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        halved = 0.5 ** len(backoffs)
+        assert (record["lr_scale"], record["grid_lr_scale"]) == ((halved, halved) if scope == "all" else (1.0, halved))
+    base = s4s.baseline("dpmpp_3m", schedule, 4, grid="quadratic")
+    assert _rmse(res.solver, den, test) < 0.97 * _rmse(base, den, test)
+    with pytest.raises(ValueError, match="unknown backoff_scope"):
+        cfg.with_options(backoff_scope="grid").validate()
 
 
 def test_auto_base_is_predictor_only_for_lms_methods_and_unipc_for_pc(setup):

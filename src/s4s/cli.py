@@ -112,7 +112,7 @@ def _cmd_bench_baselines(args: argparse.Namespace) -> int:
 LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num_samples",
                "teacher_batch_size": "teacher_batch_size", "val_every": "val_every", "steps": "steps",
                "batch_size": "batch_size", "micro_batch": "micro_batch", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
-               "range_aware": "range_aware", "backoff_ratio": "backoff_ratio",
+               "range_aware": "range_aware", "backoff_ratio": "backoff_ratio", "backoff_scope": "backoff_scope",
                "ball_radius": "ball_radius", "base": "base", "grid": "grid", "learn_a": "learn_a",
                "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors", "seed": "seed"}
 
@@ -160,7 +160,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                      "teacher than the base were not kept")
     if meta.get("lr_backoffs"):
         lines.append(f"validation diverged at step(s) {', '.join(map(str, meta['lr_backoffs']))}: went back to the best "
-                     f"solver with the learning rates halved each time (kept step {meta['kept_step']})")
+                     f"solver with {'the learning rates' if config.backoff_scope == 'all' else 'the rate of the parameters that had moved'} "
+                     f"halved each time (kept step {meta['kept_step']})")
     if result.stopped:
         lines.append(f"stopped early: {result.stopped}")
     gpu = summary["peak_gpu_memory_mb"]
@@ -479,7 +480,7 @@ def _preset_help(text: str, field: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from s4s import __version__
-    from s4s.learning.config import DEFAULT_LR, LR_DECAYS, METHODS, PRESETS
+    from s4s.learning.config import BACKOFF_SCOPES, DEFAULT_LR, LR_DECAYS, METHODS, PRESETS
     from s4s.learning.objectives import LOSSES
 
     parser = argparse.ArgumentParser(prog="s4s", description="Learned few-step solvers for diffusion models.",
@@ -536,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-ratio", type=float, default=None,
                    help=_preset_help("a validation loss above RATIO x the best so far restores the best solver and "
                                      "halves the learning rates; 'inf': never", "backoff_ratio"))
+    p.add_argument("--backoff-scope", choices=BACKOFF_SCOPES, default=None,
+                   help=_preset_help("which learning rates a back-off halves: all, or those of the parameters "
+                                     "(coefficients or grid) updated since the last validation", "backoff_scope"))
     p.add_argument("--lr-decay", choices=LR_DECAYS, default=None, help=_preset_help("learning-rate decay after warm-up",
                                                                                     "lr_decay"))
     p.add_argument("--ball-radius", type=float, default=None,

@@ -22,10 +22,11 @@ from s4s.grids import GRIDS
 from s4s.learning.objectives import LOSSES
 from s4s.teacher import DEFAULT_TEACHER, parse_teacher
 
-__all__ = ["LearnConfig", "PRESETS", "preset_config", "DEFAULT_LR", "METHODS", "LR_DECAYS", "AUTO_LOSS"]
+__all__ = ["LearnConfig", "PRESETS", "preset_config", "DEFAULT_LR", "METHODS", "LR_DECAYS", "BACKOFF_SCOPES", "AUTO_LOSS"]
 
 METHODS = ("s4s", "s4s-pc", "s4s-alt", "s4s-alt-pc", "s4s-joint")
 LR_DECAYS = ("constant", "cosine")
+BACKOFF_SCOPES = ("all", "moved")
 AUTO_LOSS = "auto"
 
 
@@ -73,6 +74,8 @@ class LearnConfig:
     alt_round: int = 50                # steps per round for S4S-Alt
     val_every: int = 25
     backoff_ratio: float = 1.5         # validation loss > ratio x best: back to the best, halve the rates; inf: never
+    backoff_scope: str = "all"         # which rates a back-off halves: "all", or "moved": the groups updated since the
+    #                                    last validation (an S4S-Alt round's coefficients or grid; docs/generalization.md)
     ball_radius: float = 0.0           # relaxed objective (LD3): RMS radius in units of sigma_T; 0 = plain
     ball_lr: float = 0.05
     guidance: Optional[float] = None   # classifier-free guidance scale learned for
@@ -119,6 +122,8 @@ class LearnConfig:
             raise ValueError(f"unknown grid {self.grid!r}; choose 'auto' or one of {sorted(GRIDS)}")
         if self.loss != AUTO_LOSS and self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose {AUTO_LOSS!r} or one of {list(LOSSES)}")
+        if self.backoff_scope not in BACKOFF_SCOPES:
+            raise ValueError(f"unknown backoff_scope {self.backoff_scope!r}; choose from {list(BACKOFF_SCOPES)}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; choose from {list(LR_DECAYS)}")
         parse_teacher(self.teacher)

@@ -36,7 +36,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Collection, Optional
 
 import torch
 from torch import Tensor, nn
@@ -231,6 +231,11 @@ def _load_checkpoint(path: Path, config: LearnConfig, data_digest: str) -> Optio
     return state
 
 
+# the parameter groups each phase updates (what a back-off with backoff_scope="moved" slows down)
+PARAMETER_GROUPS = ("coefficients", "grid")
+PHASE_GROUPS = {"coefficients": ("coefficients",), "grid": ("grid",), "joint": PARAMETER_GROUPS}
+
+
 def phase_at(config: LearnConfig, step: int) -> str:
     """Which parameter groups step ``step`` updates: ``coefficients``, ``grid`` (grid and input times) or
     ``joint``. S4S-Alt alternates rounds of ``alt_round`` steps, starting with the coefficients."""
@@ -274,7 +279,8 @@ class TrainState:
     best_mse: float = math.inf
     best_state: Optional[dict[str, Tensor]] = None
     guarded: int = 0   # validations whose lower loss the RMSE guard refused
-    lr_scale: float = 1.0   # multiplies both learning rates; halved at every back-off
+    lr_scale: float = 1.0   # multiplies the coefficients' learning rate; halved when they diverged
+    grid_lr_scale: float = 1.0   # multiplies the grid's learning rate; halved when it diverged
     backoffs: list[int] = field(default_factory=list)   # the steps at which the run backed off
 
     @classmethod
@@ -292,7 +298,7 @@ class TrainState:
                 "grid_opt": None if self.grid_opt is None else self.grid_opt.state_dict(), "gen": self.gen.get_state(),
                 "x_prime": self.x_prime, "step": self.step, "history": self.history, "best_val": self.best_val,
                 "best_state": self.best_state, "best_mse": self.best_mse, "guarded": self.guarded,
-                "lr_scale": self.lr_scale, "backoffs": self.backoffs,
+                "lr_scale": self.lr_scale, "grid_lr_scale": self.grid_lr_scale, "backoffs": self.backoffs,
                 "coef_steps": self.coef_steps, "grid_steps": self.grid_steps,
                 "base": self.base, "grid": self.grid, "base_losses": self.base_losses, "config": asdict(config),
                 "data": data_digest}
@@ -320,6 +326,7 @@ class TrainState:
         for name in ("step", "history", "best_val", "best_state", "coef_steps", "grid_steps", "best_mse", "guarded",
                      "lr_scale", "backoffs"):
             setattr(state, name, record[name])
+        state.grid_lr_scale = record.get("grid_lr_scale", record["lr_scale"])  # older runs halved both rates
         return state
 
     def keep_if_best(self, val: "Validation") -> bool:
@@ -339,14 +346,18 @@ class TrainState:
         """Whether the validation loss has climbed above ``config.backoff_ratio`` times the best kept one."""
         return math.isfinite(self.best_val) and val.loss > config.backoff_ratio * self.best_val
 
-    def back_off(self) -> None:
-        """Learning-rate back-off: return to the best parameters so far, halve both learning rates, and
-        start the optimisers afresh (their moments belong to the path that diverged; warm-up again).
+    def back_off(self, groups: Collection[str] = PARAMETER_GROUPS) -> None:
+        """Learning-rate back-off: return to the best parameters so far, halve the learning rate of each of
+        ``groups`` (``coefficients``, ``grid``; by default both), and start the optimisers afresh (their
+        moments belong to the path that diverged; warm-up again).
 
         A step size is too large for a model or an NFE when the loss climbs well above its best; going
         back and halving finds a step size that works, so the default rate needs no NFE threshold."""
         self.model.load_state_dict(self.best_state)
-        self.lr_scale *= 0.5
+        if "coefficients" in groups:
+            self.lr_scale *= 0.5
+        if "grid" in groups:
+            self.grid_lr_scale *= 0.5
         self.backoffs.append(self.step)
         for opt in (self.coef_opt, self.grid_opt):
             if opt is not None:
@@ -356,18 +367,18 @@ class TrainState:
     def optimiser_step(self, config: LearnConfig, phase: str) -> None:
         """Adam on the groups ``phase`` names, each with its own warm-up (and the run's decay), times the
         back-off scale."""
-        def rate(base_lr: float, group_steps: int) -> float:
-            return self.lr_scale * base_lr * _lr_factor(group_steps, config.warmup, self.step, config.steps,
+        def rate(base_lr: float, group_steps: int, scale: float) -> float:
+            return scale * base_lr * _lr_factor(group_steps, config.warmup, self.step, config.steps,
                                                         config.lr_decay)
 
         if phase in ("coefficients", "joint"):
             for g in self.coef_opt.param_groups:
-                g["lr"] = rate(config.coefficient_lr, self.coef_steps)
+                g["lr"] = rate(config.coefficient_lr, self.coef_steps, self.lr_scale)
             self.coef_opt.step()
             self.coef_steps += 1
         if phase in ("grid", "joint") and self.grid_opt is not None:
             for g in self.grid_opt.param_groups:
-                g["lr"] = rate(config.grid_lr, self.grid_steps)
+                g["lr"] = rate(config.grid_lr, self.grid_steps, self.grid_lr_scale)
             self.grid_opt.step()
             self.grid_steps += 1
 
@@ -500,6 +511,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                disable=not (progress and distributed.is_main()))
     step_seconds, steps_timed = 0.0, 0
     micro = config.micro_batch  # halved when a pass runs out of GPU memory
+    moved_groups: set[str] = set()   # the parameter groups updated since the last validation
     while state.step < config.steps:
         t_step = time.time()
         phase = phase_at(config, state.step)
@@ -540,6 +552,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
             break
         distributed.all_reduce_([p.grad for p in model.parameters()])  # the same step on every rank
         state.optimiser_step(config, phase)
+        moved_groups.update(PHASE_GROUPS[phase])
         if state.x_prime is not None:
             with torch.no_grad():
                 moved = ball_step(x_in, train.x_T[idx], config.ball_radius, config.ball_lr, sigma_T)
@@ -571,10 +584,11 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                          "than the base's %.5f: not kept", state.step, config.loss, val_loss, math.sqrt(val.mse),
                          math.sqrt(state.history[0]["val_mse"]))
             if state.diverged(val, config):
-                state.back_off()
+                state.back_off(PARAMETER_GROUPS if config.backoff_scope == "all" else moved_groups)
                 log.info("step %d: validation %s %.5g is above %g x the best (%.5g): back to the best solver, learning "
-                         "rates x %g", state.step, config.loss, val_loss, config.backoff_ratio, state.best_val,
-                         state.lr_scale)
+                         "rates x %g (coefficients), x %g (grid)", state.step, config.loss, val_loss,
+                         config.backoff_ratio, state.best_val, state.lr_scale, state.grid_lr_scale)
+            moved_groups = set()
             bar.set_postfix(val=f"{val_loss:.4g}", best=f"{state.best_val:.4g}", val_rmse=f"{math.sqrt(val.mse):.4f}")
             if ckpt_path is not None:
                 state.save(ckpt_path, config, data_digest)
