@@ -159,9 +159,9 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         lines.append(f"{meta['rmse_guard_refusals']} validation(s) with a lower {meta['loss']} but a worse RMSE to the "
                      "teacher than the base were not kept")
     if meta.get("lr_backoffs"):
+        halved = "the learning rates" if config.backoff_scope == "all" else "the rate of the parameters that had moved"
         lines.append(f"validation diverged at step(s) {', '.join(map(str, meta['lr_backoffs']))}: went back to the best "
-                     f"solver with {'the learning rates' if config.backoff_scope == 'all' else 'the rate of the parameters that had moved'} "
-                     f"halved each time (kept step {meta['kept_step']})")
+                     f"solver with {halved} halved each time (kept step {meta['kept_step']})")
     if result.stopped:
         lines.append(f"stopped early: {result.stopped}")
     gpu = summary["peak_gpu_memory_mb"]

@@ -365,18 +365,18 @@ class TrainState:
         self.coef_steps = self.grid_steps = 0
 
     def optimiser_step(self, config: LearnConfig, phase: str) -> None:
-        """Adam on the groups ``phase`` names, each with its own warm-up (and the run's decay), times the
-        back-off scale."""
+        """Adam on the groups ``phase`` updates (``PHASE_GROUPS``), each with its own warm-up (and the run's
+        decay), times its back-off scale."""
         def rate(base_lr: float, group_steps: int, scale: float) -> float:
-            return scale * base_lr * _lr_factor(group_steps, config.warmup, self.step, config.steps,
-                                                        config.lr_decay)
+            return scale * base_lr * _lr_factor(group_steps, config.warmup, self.step, config.steps, config.lr_decay)
 
-        if phase in ("coefficients", "joint"):
+        groups = PHASE_GROUPS[phase]
+        if "coefficients" in groups:
             for g in self.coef_opt.param_groups:
                 g["lr"] = rate(config.coefficient_lr, self.coef_steps, self.lr_scale)
             self.coef_opt.step()
             self.coef_steps += 1
-        if phase in ("grid", "joint") and self.grid_opt is not None:
+        if "grid" in groups and self.grid_opt is not None:
             for g in self.grid_opt.param_groups:
                 g["lr"] = rate(config.grid_lr, self.grid_steps, self.grid_lr_scale)
             self.grid_opt.step()
