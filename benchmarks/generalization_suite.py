@@ -50,7 +50,8 @@ def learned_fields(result, seconds: float) -> dict:
     meta = result.solver.metadata
     return {"solver": f"from {result.base}/{result.grid}", "learn_seconds": seconds,
             "teacher_seconds": result.teacher_seconds,
-            **{k: meta[k] for k in ("val_rmse", "base_val_rmse", "kept_step", "rmse_guard_refusals", "lr_backoffs")}}
+            **{k: meta[k] for k in ("val_rmse", "base_val_rmse", "kept_step", "rmse_guard_refusals", "lr_backoffs",
+                                    "probe_losses")}}
 
 
 def append_row(results_path: Path, row: dict) -> None:

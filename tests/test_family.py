@@ -102,6 +102,8 @@ def test_the_cli_learns_a_family_and_eval_and_the_scheduler_use_it_at_one_scale(
     family = load_solver(out)
     assert isinstance(family, GuidanceFamily) and family.scales == [1.0, 3.0] and family.nfe == 2
     assert family.metadata["training_scales"] == [1.0, 2.0, 3.0] and family.metadata["num_samples"] == 24
+    probe = family.metadata["probe_losses"]   # two starts, each learned the whole (4-step) run, on one objective
+    assert len(probe) == 2 and probe[f"{family.metadata['base']}/{family.metadata['grid_init']}"] == min(probe.values())
     evaluate = ["eval", "--model", folder, "--data", "mnist", "--solver", out, "--num-samples", "8", "--metrics",
                 "teacher", "--teacher", "ddim:3", "--no-cache", "--json"]
     capsys.readouterr()

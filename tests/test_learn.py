@@ -397,3 +397,42 @@ def test_auto_range_aware_targets_follow_whether_the_teacher_leaves_the_range(se
     with pytest.raises(ValueError, match="range-aware targets need samples with a data range"):  # before any teacher
         s4s.learn(den, schedule, 2, (16,), range_aware=True, cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists()
+
+
+def test_probe_starts_are_the_best_base_of_each_of_the_best_grids():
+    from s4s.learning.trainer import probe_starts
+
+    losses = {"a/time": 1.0, "b/time": 0.5, "a/logsnr": 2.0, "b/logsnr": math.nan, "c/edm": 3.0}
+    assert probe_starts(losses, 1) == ["b/time"]
+    assert probe_starts(losses, 2) == ["b/time", "a/logsnr"]
+    assert probe_starts(losses, 4) == ["b/time", "a/logsnr", "c/edm", "a/time"]   # then the next best starts
+    assert probe_starts(losses, 9) == ["b/time", "a/logsnr", "c/edm", "a/time"]   # never a non-finite one
+    assert probe_starts({"a/time": 1.0, "b/time": 0.5}, 2) == ["b/time", "a/time"]   # one grid: two bases
+
+
+def test_the_probe_continues_the_start_that_learned_best_exactly_as_a_run_from_it(setup, tmp_path):
+    """base and grid "auto": the best-scored starts of two grids learn ``probe_steps`` each; the one with the
+    lower validation loss continues, and the result is the run started from it without a probe, step for
+    step (each start draws the same batches); a run interrupted after the probe resumes to the same result."""
+    from s4s.learning.trainer import probe_starts
+
+    schedule, den, (train, val), test = setup
+    cfg = LearnConfig(nfe=4, method="s4s-alt", steps=40, batch_size=32, val_every=10, alt_round=10, probe_steps=10)
+    assert cfg.probe_starts == 2 and cfg.base == cfg.grid == "auto"
+    probed = train_solver(den, schedule, train, val, cfg, run_dir=tmp_path / "a", progress=False)
+    probe = probed.solver.metadata["probe_losses"]
+    assert list(probe) == probe_starts(probed.base_losses, 2) and len({k.split("/")[1] for k in probe}) == 2
+    assert probe[f"{probed.base}/{probed.grid}"] == min(probe.values())
+    assert probed.history[1]["step"] == 10 and probed.history[1]["val_loss"] == min(probe.values())
+    direct = train_solver(den, schedule, train, val, cfg.with_options(base=probed.base, grid=probed.grid,
+                                                                      probe_starts=1), progress=False)
+    assert direct.solver.metadata["probe_losses"] == {}
+    assert [h["val_loss"] for h in direct.history] == [h["val_loss"] for h in probed.history]
+    assert torch.equal(direct.solver.tables.b, probed.solver.tables.b)
+    assert torch.equal(direct.solver.grid, probed.solver.grid)
+    train_solver(den, schedule, train, val, cfg.with_options(steps=20), run_dir=tmp_path / "b", progress=False)
+    resumed = train_solver(den, schedule, train, val, cfg, run_dir=tmp_path / "b", resume=True, progress=False)
+    assert resumed.solver.metadata["probe_losses"] == probe
+    assert torch.equal(resumed.solver.tables.b, probed.solver.tables.b)
+    base = s4s.baseline(probed.base, schedule, 4, grid=probed.grid)
+    assert _rmse(probed.solver, den, test) < 0.97 * _rmse(base, den, test)

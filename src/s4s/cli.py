@@ -113,7 +113,9 @@ LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num
                "teacher_batch_size": "teacher_batch_size", "val_every": "val_every", "steps": "steps",
                "batch_size": "batch_size", "micro_batch": "micro_batch", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
                "range_aware": "range_aware", "backoff_ratio": "backoff_ratio", "backoff_scope": "backoff_scope",
-               "ball_radius": "ball_radius", "base": "base", "grid": "grid", "learn_a": "learn_a",
+               "ball_radius": "ball_radius", "base": "base", "grid": "grid", "screen_samples": "screen_samples",
+               "probe_starts": "probe_starts",
+               "probe_steps": "probe_steps", "learn_a": "learn_a",
                "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors", "seed": "seed"}
 
 
@@ -155,6 +157,9 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     if meta.get("data_range") is not None:
         lines.append(f"RMS distance of the samples to the data range {meta['data_range']}: "
                      f"{meta['base_val_range_excursion']:.4f} -> {meta['val_range_excursion']:.4f}")
+    if meta.get("probe_losses"):
+        lines.append(f"probe ({config.probe_steps} steps from each start, validation {meta['loss']}): " + ", ".join(
+            f"{k} {v:.4g}" for k, v in meta["probe_losses"].items()) + f" -> continued {result.base}/{result.grid}")
     if meta.get("rmse_guard_refusals"):
         lines.append(f"{meta['rmse_guard_refusals']} validation(s) with a lower {meta['loss']} but a worse RMSE to the "
                      "teacher than the base were not kept")
@@ -510,6 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, help="base solver, or auto: the best on validation of the candidates "
                                                 "(docs/design.md §5.5)")
     p.add_argument("--grid", default=None, help="initial grid, or auto: the best on validation")
+    p.add_argument("--screen-samples", type=int, default=None,
+                   help=_preset_help("validation noises each (base, grid) pair is scored on to rank the starts",
+                                     "screen_samples"))
+    p.add_argument("--probe-starts", type=int, default=None,
+                   help=_preset_help("learn from this many of the best-scored (base, grid) starts for --probe-steps "
+                                     "each, then continue the best (1: no probe; docs/design.md §5.5)", "probe_starts"))
+    p.add_argument("--probe-steps", type=int, default=None,
+                   help=_preset_help("optimiser steps of each start in the probe", "probe_steps"))
     p.add_argument("--teacher", default=None, help=_preset_help("NAME:NFE (a baseline) or rk45:TOL (adaptive "
                                                                 "Dormand-Prince to a tolerance)", "teacher"))
     p.add_argument("--teacher-samples", type=int, default=None,

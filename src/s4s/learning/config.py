@@ -57,6 +57,9 @@ class LearnConfig:
     # what is learned, from where, against what
     base: str = "auto"                 # a BASELINES name, or "auto": best on validation (docs/design.md §5.5)
     grid: str = "auto"                 # a GRIDS name, or "auto": best grid for the base on validation
+    screen_samples: int = 64           # validation noises each (base, grid) pair is scored on before the probe
+    probe_starts: int = 2              # starts learned for probe_steps each before the best continues (1: no probe)
+    probe_steps: int = 25
     loss: str = AUTO_LOSS
     decode_loss: bool = False          # latent pipelines: measure the loss on decoded images
     range_aware: Optional[bool] = None  # pixel models: teacher values beyond the data range are targets only up to its
@@ -131,7 +134,8 @@ class LearnConfig:
             raise ValueError(f"num_samples must be >= 2 (some for learning, some for validation), got {self.num_samples}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
-        for name in ("steps", "batch_size", "val_every", "alt_round", "teacher_batch_size"):
+        for name in ("steps", "batch_size", "val_every", "alt_round", "teacher_batch_size", "screen_samples",
+                     "probe_starts", "probe_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.backoff_ratio > 1:  # also refuses NaN
@@ -164,7 +168,7 @@ class LearnConfig:
 PRESETS: dict[str, LearnConfig] = {
     "default": LearnConfig(),
     "fast": LearnConfig(teacher="unipc_bh2:40", num_samples=320, steps=80, batch_size=16, val_every=20, alt_round=10,
-                        warmup=5),
+                        warmup=5, probe_steps=20),
 }
 
 

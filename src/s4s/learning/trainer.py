@@ -19,7 +19,9 @@ Methods:
 Adam with linear warm-up, mini-batches, validation every ``val_every`` steps on held-out noise
 with the plain objective (``r = 0``, same distance; the RMSE is recorded too); the best-on-validation
 solver is returned, and step 0 is the base
-solver, so the result is never worse than the base on validation. A validation loss above
+solver, so the result is never worse than the base on validation. The start is chosen by a probe:
+the best-scored (base, grid) pair of each of the ``probe_starts`` best-scored grids learns
+``probe_steps`` steps, and the one with the lower validation loss continues (docs/design.md §5.5). A validation loss above
 ``backoff_ratio`` times the best so far sends the run back to its best parameters with both learning
 rates halved (one default rate at every NFE; :meth:`TrainState.back_off`). A checkpoint at every
 validation lets an interrupted run resume to the same result. NaN/inf stops the run with a
@@ -58,7 +60,8 @@ from s4s.solver import NonFiniteError, Solver, integrate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LearnResult", "Condition", "train_solver", "train_family", "choose_base", "save_run", "phase_at"]
+__all__ = ["LearnResult", "Condition", "train_solver", "train_family", "choose_base", "probe_starts", "save_run",
+           "phase_at"]
 # Bases "auto" chooses from. Linear-multistep methods start from predictor-only solvers (UniP, not
 # UniPC): a base's own corrector, kept fixed under learned predictor rows, learned worse solvers on the
 # bundled eps model (docs/ablations_mnist.md). The -pc methods learn a corrector and start from UniPC itself.
@@ -101,7 +104,8 @@ class LearnResult:
         return {"method": meta["method"], "nfe": self.solver.nfe, "base": self.base, "grid": self.grid,
                 "loss": meta["loss"], "base_val_loss": meta["base_val_loss"], "val_loss": meta["val_loss"],
                 "base_val_rmse": meta["base_val_rmse"], "val_rmse": meta["val_rmse"], "steps": meta["steps"],
-                "lr_backoffs": meta.get("lr_backoffs", []), "stopped": self.stopped, "seconds": self.seconds,
+                "lr_backoffs": meta.get("lr_backoffs", []), "probe_losses": meta.get("probe_losses", {}),
+                "stopped": self.stopped, "seconds": self.seconds,
                 "teacher_seconds": self.teacher_seconds, "seconds_per_step": self.seconds_per_step}
 
 
@@ -154,8 +158,10 @@ class Condition:
 
 def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: Optional[TeacherData], distance,
                 conditions: Optional[list[Condition]] = None) -> tuple[str, str, dict[str, float]]:
-    """The (base, grid) pair with the lowest validation loss at this NFE (docs/design.md §5.5); over
-    several ``conditions`` (guidance scales), the lowest mean."""
+    """The (base, grid) pair with the lowest validation loss at this NFE (docs/design.md §5.5), with every
+    pair's loss; over several ``conditions`` (guidance scales), the lowest mean. Each pair is scored on
+    the first ``config.screen_samples`` validation noises (all of them when there are fewer): the scores
+    only rank the starts the probe learns from (how many noises rank them as all do: docs/generalization.md)."""
     conditions = conditions or [Condition(config.guidance, val, val)]
     bases = (BASE_CANDIDATES_PC if config.corrector else BASE_CANDIDATES) if config.base == "auto" else (config.base,)
     grids = tuple(GRIDS) if config.grid == "auto" else (config.grid,)
@@ -166,7 +172,8 @@ def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: Optional
             total = 0.0
             for c in conditions:
                 fn = lambda x, cond, w=c.guidance: solver.sample(denoiser, x, cond, w, check_finite=False)  # noqa: E731
-                total += _batched_loss(fn, distance, c.val, 4 * (config.micro_batch or config.batch_size)).loss
+                screen = c.val if len(c.val) <= config.screen_samples else c.val.split(config.screen_samples)[0]
+                total += _batched_loss(fn, distance, screen, 4 * (config.micro_batch or config.batch_size)).loss
             losses[f"{base}/{grid}"] = total / len(conditions)
     finite = {k: v for k, v in losses.items() if math.isfinite(v)}
     if not finite:
@@ -177,6 +184,19 @@ def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: Optional
              ", ".join(f"{k} {v:.4g}" for k, v in losses.items()), best)
     base, grid = best.split("/")
     return base, grid, losses
+
+
+def probe_starts(losses: dict[str, float], k: int) -> list[str]:
+    """The ``k`` starts (``"base/grid"``) a probe learns from, best first: the best-scored base of each of the
+    ``k`` best-scored grids (the grid is what the scores before learning predict worst), then, where there
+    are fewer grids than ``k``, the next best starts. Non-finite scores are never chosen."""
+    ranked = sorted((key for key, v in losses.items() if math.isfinite(v)), key=losses.get)
+    chosen: list[str] = []
+    for key in ranked:
+        if len(chosen) < k and key.split("/")[1] not in {c.split("/")[1] for c in chosen}:
+            chosen.append(key)
+    chosen += [key for key in ranked if key not in chosen][:k - len(chosen)]
+    return chosen
 
 
 def _learnable(schedule: Schedule, config: LearnConfig, base: str, grid: str,
@@ -282,6 +302,8 @@ class TrainState:
     lr_scale: float = 1.0   # multiplies the coefficients' learning rate; halved when they diverged
     grid_lr_scale: float = 1.0   # multiplies the grid's learning rate; halved when it diverged
     backoffs: list[int] = field(default_factory=list)   # the steps at which the run backed off
+    scale_weights: dict[str, float] = field(default_factory=dict)   # several scales: each one's loss weight
+    probe_losses: dict[str, float] = field(default_factory=dict)   # "base/grid" -> best validation after the probe
 
     @classmethod
     def start(cls, model: nn.Module, config: LearnConfig, base: str, grid: str, base_losses: dict[str, float],
@@ -299,7 +321,8 @@ class TrainState:
                 "x_prime": self.x_prime, "step": self.step, "history": self.history, "best_val": self.best_val,
                 "best_state": self.best_state, "best_mse": self.best_mse, "guarded": self.guarded,
                 "lr_scale": self.lr_scale, "grid_lr_scale": self.grid_lr_scale, "backoffs": self.backoffs,
-                "coef_steps": self.coef_steps, "grid_steps": self.grid_steps,
+                "coef_steps": self.coef_steps, "grid_steps": self.grid_steps, "scale_weights": self.scale_weights,
+                "probe_losses": self.probe_losses,
                 "base": self.base, "grid": self.grid, "base_losses": self.base_losses, "config": asdict(config),
                 "data": data_digest}
 
@@ -327,6 +350,8 @@ class TrainState:
                      "lr_scale", "backoffs"):
             setattr(state, name, record[name])
         state.grid_lr_scale = record.get("grid_lr_scale", record["lr_scale"])  # older runs halved both rates
+        state.scale_weights = record.get("scale_weights", {})
+        state.probe_losses = record.get("probe_losses", {})
         return state
 
     def keep_if_best(self, val: "Validation") -> bool:
@@ -460,11 +485,9 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     # Several scales: each scale's loss is weighted by (mean base loss) / (its base loss), so that every
     # scale counts by its relative improvement and the large errors at high guidance do not drown the
     # small ones at low guidance; the weighted mean starts at the plain mean. One scale: weight 1.
-    weights: dict[str, float] = {}
-
-    def validate_now(model: nn.Module) -> Validation:
-        """The current solver on held-out noise; over several scales, the weighted mean of the objective
-        and the mean MSE and range excursion."""
+    def validate_now(model: nn.Module, weights: dict[str, float]) -> Validation:
+        """The current solver on held-out noise; over several scales, the mean of the objective weighted by
+        ``weights`` (scale key -> weight, 1 where absent) and the mean MSE and range excursion."""
         parts = {}
         for c in conditions:
             solver = model.solver_at(c.guidance)
@@ -480,119 +503,164 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                "val_range_excursion": val.excursion, "phase": phase}
         return out if single else {**out, "val_by_guidance": val.per_scale}
 
-    if record is not None:
-        state = TrainState.resume(record, make_model(record["base"], record["grid"]), config, train)
-        log.info("resumed at step %d (best validation %.5g)", state.step, state.best_val)
-    else:
-        base, grid, base_losses = choose_base(denoiser, schedule, config, None, distance, conditions)
+    def start_state(base: str, grid: str, base_losses: dict[str, float], shared_weights: Optional[dict[str, float]]
+                    ) -> TrainState:
+        """A fresh run from ``base`` on ``grid``, its step 0 validated. Several scales weight their losses by
+        ``shared_weights`` when given (so that the starts a probe compares share one objective), else by this
+        start's own base losses."""
         state = TrainState.start(make_model(base, grid), config, base, grid, base_losses, train)
-        val = validate_now(state.model)
+        val = validate_now(state.model, shared_weights or {})
+        if not single:  # its own weights weigh its step 0 as the plain mean
+            per = val.per_scale
+            state.scale_weights = (dict(shared_weights) if shared_weights is not None else
+                                   {k: sum(per.values()) / len(per) / v for k, v in per.items() if v > 0})
         state.history.append(row(0, None, val, "base"))
         state.keep_if_best(val)
         log.info("step 0 (base %s on %s grid): validation %s %.5g, RMSE to the teacher %.5f", base, grid, config.loss,
                  val.loss, math.sqrt(val.mse))
-    if not single:
-        base_per = state.history[0]["val_by_guidance"]
-        mean_base = sum(base_per.values()) / len(base_per)
-        weights.update({k: mean_base / v for k, v in base_per.items() if v > 0})
-    model = state.model
-    sigma_T = float(schedule.sigma(torch.tensor(float(model.t_ends[0]), dtype=torch.float64)))
+        return state
 
-    def student(x: Tensor, cond: Optional[Tensor], guidance: Optional[float]) -> Tensor:
+    def student(model: nn.Module, x: Tensor, cond: Optional[Tensor], guidance: Optional[float]) -> Tensor:
         t, s, tables = model.at(guidance)
         return integrate(lambda xx, ss: denoiser(xx, ss, cond, guidance), x, s, tables, checkpoint=use_ckpt)
 
-    stopped = None
-    running, count = 0.0, 0
     if distributed.world_size() > config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} is smaller than the number of processes "
                          f"({distributed.world_size()}): every rank needs a share of each batch")
-    bar = tqdm(total=config.steps, initial=state.step, desc=f"learn {config.method} nfe={config.nfe}",
-               disable=not (progress and distributed.is_main()))
-    step_seconds, steps_timed = 0.0, 0
+    timing = {"seconds": 0.0, "steps": 0}
     micro = config.micro_batch  # halved when a pass runs out of GPU memory
-    moved_groups: set[str] = set()   # the parameter groups updated since the last validation
-    while state.step < config.steps:
-        t_step = time.time()
-        phase = phase_at(config, state.step)
-        # one guidance scale per mini-batch, drawn at random (a single-scale run draws nothing extra)
-        condition = conditions[0] if single else conditions[int(torch.randint(0, len(conditions), (1,),
-                                                                                 generator=state.gen))]
-        train, guidance = condition.train, condition.guidance
-        idx = torch.randint(0, len(train), (config.batch_size,), generator=state.gen).to(train.x_T.device)
-        if distributed.active():  # every rank drew the same idx; each takes its share of the batch
-            idx_all, idx = idx, idx[distributed.shard_slice(config.batch_size)]
-        cond = None if train.cond is None else train.cond[idx]
-        x_in = train.x_T[idx] if state.x_prime is None else state.x_prime[idx].clone().requires_grad_(True)
-        state.coef_opt.zero_grad(set_to_none=True)
-        if state.grid_opt is not None:
-            state.grid_opt.zero_grad(set_to_none=True)
-        # this process's share in micro-batches: each backward adds its part of the global batch mean,
-        # sum(distance) / batch_size, so the gradient is the whole batch's whatever the micro-batch
-        scale = weights.get(key(condition), 1.0) if not single else 1.0
-        while True:
-            try:
-                loss_value = 0.0
-                for part in _micro_slices(len(idx), micro):
-                    c_part = None if cond is None else cond[part]
-                    per_sample = distance(student(x_in[part], c_part, guidance), train.x0[idx[part]])
-                    loss = per_sample.sum() * (scale / config.batch_size)
-                    loss.backward()
-                    loss_value += loss.item()
-                break
-            except torch.cuda.OutOfMemoryError:  # the same step in smaller passes (gradients are summed anyway)
-                micro = _smaller_micro_batch(micro, len(idx), config)
-                _reset_grads(model, x_in)
-        if distributed.active():
-            loss_value = distributed.all_reduce_sum([loss_value])[0]
-        if not math.isfinite(loss_value):
-            stopped = (f"non-finite loss at step {state.step} ({loss_value}); kept the best solver (validation "
-                       f"{state.best_val:.5g})")
-            log.error("%s", stopped)
-            break
-        distributed.all_reduce_([p.grad for p in model.parameters()])  # the same step on every rank
-        state.optimiser_step(config, phase)
-        moved_groups.update(PHASE_GROUPS[phase])
-        if state.x_prime is not None:
-            with torch.no_grad():
-                moved = ball_step(x_in, train.x_T[idx], config.ball_radius, config.ball_lr, sigma_T)
-                if distributed.active():  # every rank needs every moved input of the batch
-                    rows = torch.zeros((config.batch_size, *moved.shape[1:]), dtype=moved.dtype, device=moved.device)
-                    rows[distributed.shard_slice(config.batch_size)] = moved
-                    distributed.all_reduce_([rows])
-                    idx, moved = idx_all, rows
-                state.x_prime[idx] = moved
-        running += loss_value
-        count += 1
-        state.step += 1
-        step_seconds, steps_timed = step_seconds + time.time() - t_step, steps_timed + 1
-        bar.update(1)
-        if state.step % config.val_every == 0 or state.step == config.steps:
-            distributed.check_same_on_all_ranks(list(model.parameters()), "learned solver parameters")
-            val = validate_now(model)
-            val_loss = val.loss
-            if not math.isfinite(val_loss):
-                stopped = (f"non-finite validation loss at step {state.step}; kept the best solver (validation "
+
+    def advance(state: TrainState, until: int, bar, save: bool) -> Optional[str]:
+        """Learning steps on ``state`` up to step ``until`` (validating every ``val_every`` steps and at
+        ``until``; a checkpoint at each validation when ``save``). Returns why it stopped early, else None."""
+        nonlocal micro
+        model = state.model
+        sigma_T = float(schedule.sigma(torch.tensor(float(model.t_ends[0]), dtype=torch.float64)))
+        running, count = 0.0, 0
+        moved_groups: set[str] = set()   # the parameter groups updated since the last validation
+        while state.step < until:
+            t_step = time.time()
+            phase = phase_at(config, state.step)
+            # one guidance scale per mini-batch, drawn at random (a single-scale run draws nothing extra)
+            condition = conditions[0] if single else conditions[int(torch.randint(0, len(conditions), (1,),
+                                                                                     generator=state.gen))]
+            train, guidance = condition.train, condition.guidance
+            idx = torch.randint(0, len(train), (config.batch_size,), generator=state.gen).to(train.x_T.device)
+            if distributed.active():  # every rank drew the same idx; each takes its share of the batch
+                idx_all, idx = idx, idx[distributed.shard_slice(config.batch_size)]
+            cond = None if train.cond is None else train.cond[idx]
+            x_in = train.x_T[idx] if state.x_prime is None else state.x_prime[idx].clone().requires_grad_(True)
+            state.coef_opt.zero_grad(set_to_none=True)
+            if state.grid_opt is not None:
+                state.grid_opt.zero_grad(set_to_none=True)
+            # this process's share in micro-batches: each backward adds its part of the global batch mean,
+            # sum(distance) / batch_size, so the gradient is the whole batch's whatever the micro-batch
+            scale = state.scale_weights.get(key(condition), 1.0) if not single else 1.0
+            while True:
+                try:
+                    loss_value = 0.0
+                    for part in _micro_slices(len(idx), micro):
+                        c_part = None if cond is None else cond[part]
+                        per_sample = distance(student(model, x_in[part], c_part, guidance), train.x0[idx[part]])
+                        loss = per_sample.sum() * (scale / config.batch_size)
+                        loss.backward()
+                        loss_value += loss.item()
+                    break
+                except torch.cuda.OutOfMemoryError:  # the same step in smaller passes (gradients are summed anyway)
+                    micro = _smaller_micro_batch(micro, len(idx), config)
+                    _reset_grads(model, x_in)
+            if distributed.active():
+                loss_value = distributed.all_reduce_sum([loss_value])[0]
+            if not math.isfinite(loss_value):
+                stopped = (f"non-finite loss at step {state.step} ({loss_value}); kept the best solver (validation "
                            f"{state.best_val:.5g})")
                 log.error("%s", stopped)
-                break
-            state.history.append(row(state.step, running / max(count, 1), val, phase))
-            running, count = 0.0, 0
-            if not state.keep_if_best(val):
-                state.guarded += 1
-                log.info("step %d: validation %s %.5g is the lowest so far, but its RMSE to the teacher %.5f is worse "
-                         "than the base's %.5f: not kept", state.step, config.loss, val_loss, math.sqrt(val.mse),
-                         math.sqrt(state.history[0]["val_mse"]))
-            if state.diverged(val, config):
-                state.back_off(PARAMETER_GROUPS if config.backoff_scope == "all" else moved_groups)
-                log.info("step %d: validation %s %.5g is above %g x the best (%.5g): back to the best solver, learning "
-                         "rates x %g (coefficients), x %g (grid)", state.step, config.loss, val_loss,
-                         config.backoff_ratio, state.best_val, state.lr_scale, state.grid_lr_scale)
-            moved_groups = set()
-            bar.set_postfix(val=f"{val_loss:.4g}", best=f"{state.best_val:.4g}", val_rmse=f"{math.sqrt(val.mse):.4f}")
-            if ckpt_path is not None:
-                state.save(ckpt_path, config, data_digest)
+                return stopped
+            distributed.all_reduce_([p.grad for p in model.parameters()])  # the same step on every rank
+            state.optimiser_step(config, phase)
+            moved_groups.update(PHASE_GROUPS[phase])
+            if state.x_prime is not None:
+                with torch.no_grad():
+                    moved = ball_step(x_in, train.x_T[idx], config.ball_radius, config.ball_lr, sigma_T)
+                    if distributed.active():  # every rank needs every moved input of the batch
+                        rows = torch.zeros((config.batch_size, *moved.shape[1:]), dtype=moved.dtype,
+                                           device=moved.device)
+                        rows[distributed.shard_slice(config.batch_size)] = moved
+                        distributed.all_reduce_([rows])
+                        idx, moved = idx_all, rows
+                    state.x_prime[idx] = moved
+            running += loss_value
+            count += 1
+            state.step += 1
+            timing["seconds"] += time.time() - t_step
+            timing["steps"] += 1
+            bar.update(1)
+            if state.step % config.val_every == 0 or state.step == until:
+                distributed.check_same_on_all_ranks(list(model.parameters()), "learned solver parameters")
+                val = validate_now(model, state.scale_weights)
+                val_loss = val.loss
+                if not math.isfinite(val_loss):
+                    stopped = (f"non-finite validation loss at step {state.step}; kept the best solver (validation "
+                               f"{state.best_val:.5g})")
+                    log.error("%s", stopped)
+                    return stopped
+                state.history.append(row(state.step, running / max(count, 1), val, phase))
+                running, count = 0.0, 0
+                if not state.keep_if_best(val):
+                    state.guarded += 1
+                    log.info("step %d: validation %s %.5g is the lowest so far, but its RMSE to the teacher %.5f is "
+                             "worse than the base's %.5f: not kept", state.step, config.loss, val_loss,
+                             math.sqrt(val.mse), math.sqrt(state.history[0]["val_mse"]))
+                if state.diverged(val, config):
+                    state.back_off(PARAMETER_GROUPS if config.backoff_scope == "all" else moved_groups)
+                    log.info("step %d: validation %s %.5g is above %g x the best (%.5g): back to the best solver, "
+                             "learning rates x %g (coefficients), x %g (grid)", state.step, config.loss, val_loss,
+                             config.backoff_ratio, state.best_val, state.lr_scale, state.grid_lr_scale)
+                moved_groups = set()
+                bar.set_postfix(val=f"{val_loss:.4g}", best=f"{state.best_val:.4g}",
+                                val_rmse=f"{math.sqrt(val.mse):.4f}")
+                if save and ckpt_path is not None:
+                    state.save(ckpt_path, config, data_digest)
+        return None
+
+    stopped = None
+    show = progress and distributed.is_main()
+    if record is not None:
+        state = TrainState.resume(record, make_model(record["base"], record["grid"]), config, train)
+        if not single and not state.scale_weights:  # older checkpoints: the weights of the run's own base
+            per = state.history[0]["val_by_guidance"]
+            state.scale_weights = {k: sum(per.values()) / len(per) / v for k, v in per.items() if v > 0}
+        log.info("resumed at step %d (best validation %.5g)", state.step, state.best_val)
+        bar = tqdm(total=config.steps, initial=state.step, desc=f"learn {config.method} nfe={config.nfe}",
+                   disable=not show)
+    else:
+        base_losses = choose_base(denoiser, schedule, config, None, distance, conditions)[2]
+        starts = probe_starts(base_losses, config.probe_starts)
+        probe_steps = min(config.probe_steps, config.steps) if len(starts) > 1 else 0
+        bar = tqdm(total=config.steps + (len(starts) - 1) * probe_steps, desc=f"learn {config.method} nfe={config.nfe}",
+                   disable=not show)
+        states, probe = [], {}
+        for start in starts:
+            base, grid = start.split("/")
+            state = start_state(base, grid, base_losses, states[0].scale_weights if states else None)
+            why = advance(state, probe_steps, bar, save=False) if probe_steps else None
+            states.append(state)
+            probe[start] = state.best_val if why is None else math.inf
+        if probe_steps:
+            finite = [s for s in states if math.isfinite(probe[f"{s.base}/{s.grid}"])]
+            state = min(finite, key=lambda s: s.best_val) if finite else states[0]
+            log.info("probe (%d steps from each start, best validation %s): %s -> %s/%s", probe_steps, config.loss,
+                     ", ".join(f"{k} {v:.5g}" for k, v in probe.items()), state.base, state.grid)
+            if not finite:
+                stopped = f"every start of the probe stopped on non-finite values ({', '.join(probe)})"
+        state.probe_losses = probe if probe_steps else {}
+        del states  # the other starts (their relaxed inputs can be large)
+        if stopped is None and ckpt_path is not None and probe_steps:
+            state.save(ckpt_path, config, data_digest)
+    if stopped is None:
+        stopped = advance(state, config.steps, bar, save=True)
     bar.close()
+    step_seconds, steps_timed = timing["seconds"], timing["steps"]
     if steps_timed:
         log.info("%.3g s per learning step (batch %d, NFE %d)%s", step_seconds / steps_timed, config.batch_size,
                  config.nfe, _gpu_peak(device))
@@ -688,6 +756,7 @@ def _result(state: TrainState, config: LearnConfig, metadata: Optional[dict[str,
             "val_loss": state.best_val, "base_val_loss": history[0]["val_loss"], "val_rmse": math.sqrt(state.best_mse),
             "base_val_rmse": math.sqrt(history[0]["val_mse"]), "steps": state.step, "kept_step": kept["step"],
             "rmse_guard_refusals": state.guarded, "lr_backoffs": list(state.backoffs),
+            "probe_losses": dict(state.probe_losses),
             "data_range": None if data_range is None else list(data_range),
             "val_range_excursion": kept["val_range_excursion"],
             "base_val_range_excursion": history[0]["val_range_excursion"]}
