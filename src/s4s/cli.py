@@ -159,7 +159,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                      f"{meta['base_val_range_excursion']:.4f} -> {meta['val_range_excursion']:.4f}")
     if meta.get("probe_losses"):
         lines.append(f"probe ({config.probe_steps} steps from each start, validation {meta['loss']}): " + ", ".join(
-            f"{k} {v:.4g}" for k, v in meta["probe_losses"].items()) + f" -> continued {result.base}/{result.grid}")
+            f"{k} {'stopped (non-finite)' if v is None else f'{v:.4g}'}" for k, v in meta["probe_losses"].items()) + f" -> continued {result.base}/{result.grid}")
     if meta.get("rmse_guard_refusals"):
         lines.append(f"{meta['rmse_guard_refusals']} validation(s) with a lower {meta['loss']} but a worse RMSE to the "
                      "teacher than the base were not kept")

@@ -653,7 +653,8 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                      ", ".join(f"{k} {v:.5g}" for k, v in probe.items()), state.base, state.grid)
             if not finite:
                 stopped = f"every start of the probe stopped on non-finite values ({', '.join(probe)})"
-        state.probe_losses = probe if probe_steps else {}
+        # JSON-able: a start that stopped on non-finite values is recorded as None
+        state.probe_losses = {k: (v if math.isfinite(v) else None) for k, v in probe.items()} if probe_steps else {}
         del states  # the other starts (their relaxed inputs can be large)
         if stopped is None and ckpt_path is not None and probe_steps:
             state.save(ckpt_path, config, data_digest)
