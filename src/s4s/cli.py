@@ -114,8 +114,7 @@ LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num
                "batch_size": "batch_size", "micro_batch": "micro_batch", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
                "range_aware": "range_aware", "backoff_ratio": "backoff_ratio", "backoff_scope": "backoff_scope",
                "ball_radius": "ball_radius", "base": "base", "grid": "grid", "screen_samples": "screen_samples",
-               "probe_starts": "probe_starts",
-               "probe_steps": "probe_steps", "learn_a": "learn_a",
+               "probe_starts": "probe_starts", "probe_steps": "probe_steps", "learn_a": "learn_a",
                "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors", "seed": "seed"}
 
 
@@ -158,8 +157,10 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         lines.append(f"RMS distance of the samples to the data range {meta['data_range']}: "
                      f"{meta['base_val_range_excursion']:.4f} -> {meta['val_range_excursion']:.4f}")
     if meta.get("probe_losses"):
-        lines.append(f"probe ({config.probe_steps} steps from each start, validation {meta['loss']}): " + ", ".join(
-            f"{k} {'stopped (non-finite)' if v is None else f'{v:.4g}'}" for k, v in meta["probe_losses"].items()) + f" -> continued {result.base}/{result.grid}")
+        starts = ", ".join(f"{k} {'stopped (non-finite)' if v is None else f'{v:.4g}'}"
+                           for k, v in meta["probe_losses"].items())
+        lines.append(f"probe ({min(config.probe_steps, config.steps)} steps from each start, validation "
+                     f"{meta['loss']}): {starts} -> continued {result.base}/{result.grid}")
     if meta.get("rmse_guard_refusals"):
         lines.append(f"{meta['rmse_guard_refusals']} validation(s) with a lower {meta['loss']} but a worse RMSE to the "
                      "teacher than the base were not kept")

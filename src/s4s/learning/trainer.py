@@ -21,9 +21,9 @@ with the plain objective (``r = 0``, same distance; the RMSE is recorded too); t
 solver is returned, and step 0 is the base
 solver, so the result is never worse than the base on validation. The start is chosen by a probe:
 the best-scored (base, grid) pair of each of the ``probe_starts`` best-scored grids learns
-``probe_steps`` steps, and the one with the lower validation loss continues (docs/design.md §5.5). A validation loss above
-``backoff_ratio`` times the best so far sends the run back to its best parameters with both learning
-rates halved (one default rate at every NFE; :meth:`TrainState.back_off`). A checkpoint at every
+``probe_steps`` steps, and the one with the lower validation loss continues (docs/design.md §5.5).
+A validation loss above ``backoff_ratio`` times the best so far sends the run back to its best
+parameters with both learning rates halved (one default rate at every NFE; :meth:`TrainState.back_off`). A checkpoint at every
 validation lets an interrupted run resume to the same result. NaN/inf stops the run with a
 clear message and keeps the best solver so far.
 """
@@ -184,6 +184,13 @@ def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: Optional
              ", ".join(f"{k} {v:.4g}" for k, v in losses.items()), best)
     base, grid = best.split("/")
     return base, grid, losses
+
+
+def scale_weights(base_per_scale: dict[str, float]) -> dict[str, float]:
+    """Each guidance scale's loss weight, ``(mean base loss) / (its base loss)``: every scale counts by its
+    relative improvement, and the weighted mean of the base losses is their plain mean."""
+    mean = sum(base_per_scale.values()) / len(base_per_scale)
+    return {k: mean / v for k, v in base_per_scale.items() if v > 0}
 
 
 def probe_starts(losses: dict[str, float], k: int) -> list[str]:
@@ -482,9 +489,8 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     def key(c: Condition) -> str:
         return "none" if c.guidance is None else f"{c.guidance:g}"
 
-    # Several scales: each scale's loss is weighted by (mean base loss) / (its base loss), so that every
-    # scale counts by its relative improvement and the large errors at high guidance do not drown the
-    # small ones at low guidance; the weighted mean starts at the plain mean. One scale: weight 1.
+    # Several scales: each scale's loss is weighted (scale_weights) so that the large errors at high guidance do
+    # not drown the small ones at low guidance. One scale: weight 1.
     def validate_now(model: nn.Module, weights: dict[str, float]) -> Validation:
         """The current solver on held-out noise; over several scales, the mean of the objective weighted by
         ``weights`` (scale key -> weight, 1 where absent) and the mean MSE and range excursion."""
@@ -511,9 +517,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         state = TrainState.start(make_model(base, grid), config, base, grid, base_losses, train)
         val = validate_now(state.model, shared_weights or {})
         if not single:  # its own weights weigh its step 0 as the plain mean
-            per = val.per_scale
-            state.scale_weights = (dict(shared_weights) if shared_weights is not None else
-                                   {k: sum(per.values()) / len(per) / v for k, v in per.items() if v > 0})
+            state.scale_weights = dict(shared_weights) if shared_weights is not None else scale_weights(val.per_scale)
         state.history.append(row(0, None, val, "base"))
         state.keep_if_best(val)
         log.info("step 0 (base %s on %s grid): validation %s %.5g, RMSE to the teacher %.5f", base, grid, config.loss,
@@ -527,13 +531,13 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     if distributed.world_size() > config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} is smaller than the number of processes "
                          f"({distributed.world_size()}): every rank needs a share of each batch")
-    timing = {"seconds": 0.0, "steps": 0}
+    step_seconds, steps_timed = 0.0, 0
     micro = config.micro_batch  # halved when a pass runs out of GPU memory
 
     def advance(state: TrainState, until: int, bar, save: bool) -> Optional[str]:
         """Learning steps on ``state`` up to step ``until`` (validating every ``val_every`` steps and at
         ``until``; a checkpoint at each validation when ``save``). Returns why it stopped early, else None."""
-        nonlocal micro
+        nonlocal micro, step_seconds, steps_timed
         model = state.model
         sigma_T = float(schedule.sigma(torch.tensor(float(model.t_ends[0]), dtype=torch.float64)))
         running, count = 0.0, 0
@@ -592,8 +596,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
             running += loss_value
             count += 1
             state.step += 1
-            timing["seconds"] += time.time() - t_step
-            timing["steps"] += 1
+            step_seconds, steps_timed = step_seconds + time.time() - t_step, steps_timed + 1
             bar.update(1)
             if state.step % config.val_every == 0 or state.step == until:
                 distributed.check_same_on_all_ranks(list(model.parameters()), "learned solver parameters")
@@ -628,8 +631,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     if record is not None:
         state = TrainState.resume(record, make_model(record["base"], record["grid"]), config, train)
         if not single and not state.scale_weights:  # older checkpoints: the weights of the run's own base
-            per = state.history[0]["val_by_guidance"]
-            state.scale_weights = {k: sum(per.values()) / len(per) / v for k, v in per.items() if v > 0}
+            state.scale_weights = scale_weights(state.history[0]["val_by_guidance"])
         log.info("resumed at step %d (best validation %.5g)", state.step, state.best_val)
         bar = tqdm(total=config.steps, initial=state.step, desc=f"learn {config.method} nfe={config.nfe}",
                    disable=not show)
@@ -646,12 +648,11 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
             why = advance(state, probe_steps, bar, save=False) if probe_steps else None
             states.append(state)
             probe[start] = state.best_val if why is None else math.inf
-        if probe_steps:
-            finite = [s for s in states if math.isfinite(probe[f"{s.base}/{s.grid}"])]
-            state = min(finite, key=lambda s: s.best_val) if finite else states[0]
+        if probe_steps:  # the lowest best validation; the first start when every one stopped
+            state = min(states, key=lambda s: probe[f"{s.base}/{s.grid}"])
             log.info("probe (%d steps from each start, best validation %s): %s -> %s/%s", probe_steps, config.loss,
                      ", ".join(f"{k} {v:.5g}" for k, v in probe.items()), state.base, state.grid)
-            if not finite:
+            if not any(math.isfinite(v) for v in probe.values()):
                 stopped = f"every start of the probe stopped on non-finite values ({', '.join(probe)})"
         # JSON-able: a start that stopped on non-finite values is recorded as None
         state.probe_losses = {k: (v if math.isfinite(v) else None) for k, v in probe.items()} if probe_steps else {}
@@ -661,7 +662,6 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     if stopped is None:
         stopped = advance(state, config.steps, bar, save=True)
     bar.close()
-    step_seconds, steps_timed = timing["seconds"], timing["steps"]
     if steps_timed:
         log.info("%.3g s per learning step (batch %d, NFE %d)%s", step_seconds / steps_timed, config.batch_size,
                  config.nfe, _gpu_peak(device))
