@@ -83,10 +83,13 @@ def test_checkpointed_and_plain_gradients_match(setup):
     torch.testing.assert_close(grads[0], grads[1])
 
 
-def test_resume_after_interrupt_equals_uninterrupted(tmp_path, setup):
+@pytest.mark.parametrize("ema", [0.0, 0.8])
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, setup, ema):
+    # with averaging the interrupted run stops at a round's end: the resumed one must commit the average as the
+    # uninterrupted one did
     schedule, den, (train, val), _ = setup
     kw = dict(nfe=3, method="s4s-alt", base="dpmpp_3m", grid="time", batch_size=32, val_every=10, alt_round=10,
-              ball_radius=0.1)
+              ball_radius=0.1, ema=ema)
     full = train_solver(den, schedule, train, val, LearnConfig(steps=40, **kw), run_dir=tmp_path / "a", progress=False)
     train_solver(den, schedule, train, val, LearnConfig(steps=20, **kw), run_dir=tmp_path / "b", progress=False)
     resumed = train_solver(den, schedule, train, val, LearnConfig(steps=40, **kw), run_dir=tmp_path / "b",
@@ -94,6 +97,30 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, setup):
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
     assert torch.equal(resumed.solver.tables.b, full.solver.tables.b)
     assert torch.equal(resumed.solver.grid, full.solver.grid)
+
+
+def test_parameter_average_averages_the_updated_group_and_pairs_it_with_the_fixed_one(setup):
+    from s4s.learning.trainer import ParameterAverage
+
+    schedule = setup[0]
+    model = LearnableSolver(schedule, "unipc_bh2", s4s.make_grid("logsnr", schedule, 4), corrector=True)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    avg = ParameterAverage(model, 0.75)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    avg.update(model, ("coefficients",))   # a coefficient step: the grid did not move in it
+    coef = {id(p) for p in model.coefficient_parameters()}
+    for name, p in model.named_parameters():
+        expected = start[name] + (0.25 if id(p) in coef else 1.0)
+        torch.testing.assert_close(avg.shadow[name], expected)
+    with avg.swapped_in(model):
+        assert all(torch.equal(p, avg.shadow[n]) for n, p in model.named_parameters())
+    assert all(torch.equal(p, start[n] + 1.0) for n, p in model.named_parameters())   # the raw ones again
+    avg.commit(model, ("coefficients",))   # the round ended: the coefficients become their average
+    assert all(torch.equal(p, avg.shadow[n]) for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match="ema must lie in"):
+        LearnConfig(nfe=4, ema=1.0).validate()
 
 
 def test_nan_stops_with_message_and_keeps_best(setup):

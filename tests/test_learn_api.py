@@ -21,10 +21,10 @@ def test_the_default_config_is_the_default_preset_and_the_cli_default():
     args = build_parser().parse_args(["learn", "--nfe", "3", "--out", "x.json", "--preset", "fast", "--steps", "7",
                                       "--teacher-samples", "40", "--no-learn-a", "--loss", "l1", "--guidance", "2",
                                       "--no-range-aware", "--backoff-scope", "moved", "--screen-samples", "16",
-                                      "--probe-starts", "3", "--probe-steps", "5"])
+                                      "--probe-starts", "3", "--probe-steps", "5", "--ema", "0.9"])
     assert learn_config_from_args(args) == preset_config("fast", nfe=3, steps=7, num_samples=40, learn_a=False, loss="l1",
                                                          guidance=2.0, range_aware=False, backoff_scope="moved",
-                                                         screen_samples=16, probe_starts=3, probe_steps=5)
+                                                         screen_samples=16, probe_starts=3, probe_steps=5, ema=0.9)
     assert LearnConfig().range_aware is None  # auto: chosen from the teacher's samples
 
 

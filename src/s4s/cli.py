@@ -113,6 +113,7 @@ LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num
                "teacher_batch_size": "teacher_batch_size", "val_every": "val_every", "steps": "steps",
                "batch_size": "batch_size", "micro_batch": "micro_batch", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
                "range_aware": "range_aware", "backoff_ratio": "backoff_ratio", "backoff_scope": "backoff_scope",
+               "ema": "ema",
                "ball_radius": "ball_radius", "base": "base", "grid": "grid", "screen_samples": "screen_samples",
                "probe_starts": "probe_starts", "probe_steps": "probe_steps", "learn_a": "learn_a",
                "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors", "seed": "seed"}
@@ -554,6 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-scope", choices=BACKOFF_SCOPES, default=None,
                    help=_preset_help("which learning rates a back-off halves: all, or those of the parameters "
                                      "(coefficients or grid) updated since the last validation", "backoff_scope"))
+    p.add_argument("--ema", type=float, default=None,
+                   help=_preset_help("decay of the moving average of the parameters that is validated and kept "
+                                     "(0: the raw parameters)", "ema"))
     p.add_argument("--lr-decay", choices=LR_DECAYS, default=None, help=_preset_help("learning-rate decay after warm-up",
                                                                                     "lr_decay"))
     p.add_argument("--ball-radius", type=float, default=None,

@@ -79,6 +79,8 @@ class LearnConfig:
     backoff_ratio: float = 1.5         # validation loss > ratio x best: back to the best, halve the rates; inf: never
     backoff_scope: str = "all"         # which rates a back-off halves: "all", or "moved": the groups updated since the
     #                                    last validation (an S4S-Alt round's coefficients or grid; docs/generalization.md)
+    ema: float = 0.0                   # decay of an exponential moving average of the parameters, the solver that is
+    #                                    validated and kept (0: the raw parameters; s4s.learning.trainer.ParameterAverage)
     ball_radius: float = 0.0           # relaxed objective (LD3): RMS radius in units of sigma_T; 0 = plain
     ball_lr: float = 0.05
     guidance: Optional[float] = None   # classifier-free guidance scale learned for
@@ -142,6 +144,8 @@ class LearnConfig:
             raise ValueError(f"backoff_ratio must be > 1 (inf: never back off), got {self.backoff_ratio}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
+        if not 0 <= self.ema < 1:  # also refuses NaN
+            raise ValueError(f"ema must lie in [0, 1) (0: no averaging), got {self.ema}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         for name in ("lr", "grid_lr", "ball_lr"):

@@ -22,7 +22,8 @@ solver is returned, and step 0 is the base
 solver, so the result is never worse than the base on validation. The start is chosen by a probe:
 the best-scored (base, grid) pair of each of the ``probe_starts`` best-scored grids learns
 ``probe_steps`` steps, and the one with the lower validation loss continues (docs/design.md §5.5).
-A validation loss above ``backoff_ratio`` times the best so far sends the run back to its best
+With ``ema > 0`` the solver validated and kept is an exponential moving average of the parameters
+(:class:`ParameterAverage`). A validation loss above ``backoff_ratio`` times the best so far sends the run back to its best
 parameters with both learning rates halved (one default rate at every NFE; :meth:`TrainState.back_off`). A checkpoint at every
 validation lets an interrupted run resume to the same result. NaN/inf stops the run with a
 clear message and keeps the best solver so far.
@@ -36,6 +37,7 @@ import json
 import logging
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Optional
@@ -247,7 +249,8 @@ def _load_checkpoint(path: Path, config: LearnConfig, data_digest: str) -> Optio
     except Exception as err:  # noqa: BLE001 - any unreadable file: say so in one line
         raise ValueError(f"cannot read the checkpoint {path} ({type(err).__name__}: {first_line(err, 200)}); "
                          "delete it or run without --resume") from None
-    saved, now = state.get("config") or {}, asdict(config)
+    # a setting newer than the checkpoint was, when it was written, at its default
+    saved, now = {**asdict(LearnConfig()), **(state.get("config") or {})}, asdict(config)
     diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in sorted(now)
             if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
     if state.get("data") != data_digest:
@@ -285,6 +288,61 @@ def ball_step(x_in: Tensor, origin: Tensor, radius: float, lr: float, sigma_T: f
     return (flat_origin + delta).reshape(x_in.shape)
 
 
+class ParameterAverage:
+    r"""Exponential moving average of the learnable parameters (Polyak averaging), the solver that is validated
+    and kept when ``config.ema = beta > 0``.
+
+    After each optimiser step, for the parameters of the groups it updated,
+    ``theta_bar <- beta theta_bar + (1 - beta) theta``; the parameters it did not update (fixed in this phase)
+    are copied, so the averaged coefficients are always paired with the grid they were learned on. When an
+    S4S-Alt round ends, the group it learned is set to its average (:meth:`commit`): the next round learns
+    against the solver that was validated. Averaging the iterates of a constant-rate run removes most of
+    their step-to-step jitter without slowing the descent, as a smaller rate would."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        group_of = {id(p): "coefficients" for p in model.coefficient_parameters()}
+        group_of.update({id(p): "grid" for p in model.grid_parameters()})
+        self.groups = {name: group_of.get(id(p)) for name, p in model.named_parameters()}
+        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, groups: Collection[str]) -> None:
+        """Average the parameters of ``groups`` (the ones this step updated); copy the others."""
+        for name, p in model.named_parameters():
+            if self.groups[name] in groups:
+                self.shadow[name].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+            else:
+                self.shadow[name].copy_(p.detach())
+
+    @torch.no_grad()
+    def commit(self, model: nn.Module, groups: Collection[str]) -> None:
+        """Set the parameters of ``groups`` to their averages (the end of the round that learned them)."""
+        for name, p in model.named_parameters():
+            if self.groups[name] in groups:
+                p.copy_(self.shadow[name])
+
+    @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        """Start the average afresh at the model's parameters (after a back-off)."""
+        for name, p in model.named_parameters():
+            self.shadow[name].copy_(p.detach())
+
+    @contextmanager
+    def swapped_in(self, model: nn.Module):
+        """The model holds the averaged parameters inside the block, its own again after it."""
+        with torch.no_grad():
+            raw = {name: p.detach().clone() for name, p in model.named_parameters()}
+            for name, p in model.named_parameters():
+                p.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    p.copy_(raw[name])
+
+
 @dataclass
 class TrainState:
     """Everything a run needs to continue: the learnable solver, both optimisers, the sampling generator,
@@ -311,6 +369,7 @@ class TrainState:
     backoffs: list[int] = field(default_factory=list)   # the steps at which the run backed off
     scale_weights: dict[str, float] = field(default_factory=dict)   # several scales: each one's loss weight
     probe_losses: dict[str, float] = field(default_factory=dict)   # "base/grid" -> best validation after the probe
+    average: Optional[ParameterAverage] = None   # config.ema > 0: the averaged parameters, validated and kept
 
     @classmethod
     def start(cls, model: nn.Module, config: LearnConfig, base: str, grid: str, base_losses: dict[str, float],
@@ -319,7 +378,8 @@ class TrainState:
         coef_opt = torch.optim.Adam(model.coefficient_parameters(), lr=config.coefficient_lr)
         grid_opt = torch.optim.Adam(model.grid_parameters(), lr=config.grid_lr) if config.learns_grid else None
         return cls(model, coef_opt, grid_opt, torch.Generator().manual_seed(config.seed),
-                   train.x_T.clone() if config.ball_radius > 0 else None, base, grid, base_losses)
+                   train.x_T.clone() if config.ball_radius > 0 else None, base, grid, base_losses,
+                   average=ParameterAverage(model, config.ema) if config.ema > 0 else None)
 
     def record(self, config: LearnConfig, data_digest: str) -> dict[str, Any]:
         """The checkpoint: plain tensors and containers only (loaded with ``weights_only=True``)."""
@@ -329,7 +389,7 @@ class TrainState:
                 "best_state": self.best_state, "best_mse": self.best_mse, "guarded": self.guarded,
                 "lr_scale": self.lr_scale, "grid_lr_scale": self.grid_lr_scale, "backoffs": self.backoffs,
                 "coef_steps": self.coef_steps, "grid_steps": self.grid_steps, "scale_weights": self.scale_weights,
-                "probe_losses": self.probe_losses,
+                "probe_losses": self.probe_losses, "average": None if self.average is None else self.average.shadow,
                 "base": self.base, "grid": self.grid, "base_losses": self.base_losses, "config": asdict(config),
                 "data": data_digest}
 
@@ -359,6 +419,8 @@ class TrainState:
         state.grid_lr_scale = record.get("grid_lr_scale", record["lr_scale"])  # older runs halved both rates
         state.scale_weights = record.get("scale_weights", {})
         state.probe_losses = record.get("probe_losses", {})
+        if state.average is not None:
+            state.average.shadow = {name: t.clone() for name, t in record["average"].items()}
         return state
 
     def keep_if_best(self, val: "Validation") -> bool:
@@ -386,6 +448,8 @@ class TrainState:
         A step size is too large for a model or an NFE when the loss climbs well above its best; going
         back and halving finds a step size that works, so the default rate needs no NFE threshold."""
         self.model.load_state_dict(self.best_state)
+        if self.average is not None:
+            self.average.reset(self.model)
         if "coefficients" in groups:
             self.lr_scale *= 0.5
         if "grid" in groups:
@@ -545,6 +609,8 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         while state.step < until:
             t_step = time.time()
             phase = phase_at(config, state.step)
+            if state.average is not None and state.step > 0 and phase_at(config, state.step - 1) != phase:
+                state.average.commit(model, PHASE_GROUPS[phase_at(config, state.step - 1)])  # a round ended
             # one guidance scale per mini-batch, drawn at random (a single-scale run draws nothing extra)
             condition = conditions[0] if single else conditions[int(torch.randint(0, len(conditions), (1,),
                                                                                      generator=state.gen))]
@@ -582,6 +648,8 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                 return stopped
             distributed.all_reduce_([p.grad for p in model.parameters()])  # the same step on every rank
             state.optimiser_step(config, phase)
+            if state.average is not None:
+                state.average.update(model, PHASE_GROUPS[phase])
             moved_groups.update(PHASE_GROUPS[phase])
             if state.x_prime is not None:
                 with torch.no_grad():
@@ -600,16 +668,18 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
             bar.update(1)
             if state.step % config.val_every == 0 or state.step == until:
                 distributed.check_same_on_all_ranks(list(model.parameters()), "learned solver parameters")
-                val = validate_now(model, state.scale_weights)
-                val_loss = val.loss
-                if not math.isfinite(val_loss):
-                    stopped = (f"non-finite validation loss at step {state.step}; kept the best solver (validation "
-                               f"{state.best_val:.5g})")
-                    log.error("%s", stopped)
-                    return stopped
+                with state.average.swapped_in(model) if state.average is not None else nullcontext():
+                    val = validate_now(model, state.scale_weights)
+                    val_loss = val.loss
+                    if not math.isfinite(val_loss):
+                        stopped = (f"non-finite validation loss at step {state.step}; kept the best solver "
+                                   f"(validation {state.best_val:.5g})")
+                        log.error("%s", stopped)
+                        return stopped
+                    kept = state.keep_if_best(val)   # the averaged parameters, when averaging
                 state.history.append(row(state.step, running / max(count, 1), val, phase))
                 running, count = 0.0, 0
-                if not state.keep_if_best(val):
+                if not kept:
                     state.guarded += 1
                     log.info("step %d: validation %s %.5g is the lowest so far, but its RMSE to the teacher %.5f is "
                              "worse than the base's %.5f: not kept", state.step, config.loss, val_loss,
