@@ -81,7 +81,8 @@ def main() -> None:
     mean_single = sum(single_seconds) / len(single_seconds)
     lines = [f"Command: `python benchmarks/guidance_family_gmm.py {' '.join(sys.argv[1:])}`", "",
              f"Exact mixture ({args.dim}-D, {args.components} classes), NFE {args.nfe}, {args.method}, {args.steps} "
-             f"steps (the family: {family_steps}), {args.noises} teacher noises (the family: {per} at each of {len(trained)} scales); family "
+             f"steps (the family: {family_steps}), {args.noises} teacher noises (the family: {per} at each of "
+             f"{len(trained)} scales); family "
              f"anchors {', '.join(f'{a:g}' for a in anchors)}; learned at {', '.join(f'{a:g}' for a in trained)}. "
              f"RMSE to RK45 (1e-9) on {args.test_noises} held-out noises.", "",
              "| w | best hand-designed | single-scale learned | family | family / single | family / best hand-designed |",

@@ -23,9 +23,10 @@ solver, so the result is never worse than the base on validation. The start is c
 the best-scored (base, grid) pair of each of the ``probe_starts`` best-scored grids learns
 ``probe_steps`` steps, and the one with the lower validation loss continues (docs/design.md §5.5).
 With ``ema > 0`` the solver validated and kept is an exponential moving average of the parameters
-(:class:`ParameterAverage`). A validation loss above ``backoff_ratio`` times the best so far sends the run back to its best
-parameters with both learning rates halved (one default rate at every NFE; :meth:`TrainState.back_off`). A checkpoint at every
-validation lets an interrupted run resume to the same result. NaN/inf stops the run with a
+(:class:`ParameterAverage`). A validation loss above ``backoff_ratio`` times the best so far sends the
+run back to its best parameters with both learning rates halved (one default rate at every NFE;
+:meth:`TrainState.back_off`). A checkpoint at every validation lets an interrupted run resume to the
+same result. NaN/inf stops the run with a
 clear message and keeps the best solver so far.
 """
 
@@ -609,8 +610,9 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         while state.step < until:
             t_step = time.time()
             phase = phase_at(config, state.step)
-            if state.average is not None and state.step > 0 and phase_at(config, state.step - 1) != phase:
-                state.average.commit(model, PHASE_GROUPS[phase_at(config, state.step - 1)])  # a round ended
+            previous = phase_at(config, state.step - 1) if state.step > 0 else phase
+            if state.average is not None and previous != phase:  # a round ended: its group becomes its average
+                state.average.commit(model, PHASE_GROUPS[previous])
             # one guidance scale per mini-batch, drawn at random (a single-scale run draws nothing extra)
             condition = conditions[0] if single else conditions[int(torch.randint(0, len(conditions), (1,),
                                                                                      generator=state.gen))]
