@@ -4,7 +4,8 @@ Class-conditional Gaussian mixture (the conditional and unconditional posterior 
 the guided denoiser is exact too); reference: RK45 to 1e-9 on the guided ODE from the same noise.
 For every scale ``w`` in ``--scales``: RMSE to the reference of the best hand-designed solver (over
 every baseline and grid), of a solver learned at that one scale, and of one family learned once for
-``--range``. Same learning settings for all (method, steps, noises), one learning seed.
+``--range``. Same learning settings for all (method, steps, noises), one learning seed
+(``--seed``).
 
 Usage::
 
@@ -41,6 +42,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--components", type=int, default=6)
     p.add_argument("--test-noises", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="learning seed of every solver (noises, batches)")
     p.add_argument("--out", type=Path, default=None, help="Markdown table here, plot beside it (.png)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -49,8 +51,8 @@ def main() -> None:
     gmm = s4s.GaussianMixture.random(dim=args.dim, components=args.components, seed=0)
     den = gmm.denoiser(vp)
     k = gmm.num_components
-    kw = dict(method=args.method, teacher="dpmpp_3m:80", steps=args.steps, batch_size=32, val_every=25, cache=False,
-              progress=False)
+    kw = dict(seed=args.seed, method=args.method, teacher="dpmpp_3m:80", steps=args.steps, batch_size=32,
+              val_every=25, cache=False, progress=False)
     t0 = time.time()
     lo, hi = args.range
     per = args.noises // (2 * args.anchors - 1)
@@ -82,7 +84,7 @@ def main() -> None:
     lines = [f"Command: `python benchmarks/guidance_family_gmm.py {' '.join(sys.argv[1:])}`", "",
              f"Exact mixture ({args.dim}-D, {args.components} classes), NFE {args.nfe}, {args.method}, {args.steps} "
              f"steps (the family: {family_steps}), {args.noises} teacher noises (the family: {per} at each of "
-             f"{len(trained)} scales); family "
+             f"{len(trained)} scales), learning seed {args.seed}; family "
              f"anchors {', '.join(f'{a:g}' for a in anchors)}; learned at {', '.join(f'{a:g}' for a in trained)}. "
              f"RMSE to RK45 (1e-9) on {args.test_noises} held-out noises.", "",
              "| w | best hand-designed | single-scale learned | family | family / single | family / best hand-designed |",
