@@ -75,6 +75,18 @@ def test_two_processes_learn_what_one_learns_and_resume_with_another_world_size(
     _close(s4s.Solver.load(tmp_path / "one.json"), s4s.Solver.load(tmp_path / "part.json"))
 
 
+def test_two_processes_take_the_levenberg_marquardt_steps_one_takes(tiny, tmp_path):
+    # the perceptual residuals of each rank's share, their normal equations summed over the ranks
+    args = lambda out: ["learn", "--model", tiny, "--data", "mnist", "--nfe", "3", "--preset", "lm",  # noqa: E731
+                        "--teacher", "ddim:6", "--teacher-samples", "40", "--teacher-batch-size", "8", "--batch-size",
+                        "8", "--steps", "2", "--out", out, "--json"]
+    one = _ok(_run(1, args(tmp_path / "one.json"), tmp_path / "cache"))
+    two = _ok(_run(2, args(tmp_path / "two.json"), tmp_path / "cache"))
+    assert one["val_loss"] < one["base_val_loss"]
+    _close(s4s.Solver.load(tmp_path / "one.json"), s4s.Solver.load(tmp_path / "two.json"), rtol=1e-4)
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-3)
+
+
 def test_two_processes_evaluate_what_one_evaluates(tiny, tmp_path):
     args = ["eval", "--model", tiny, "--data", "mnist", "--solver", "dpmpp_3m", "--nfe", "3", "--num-samples", "40",
             "--batch-size", "8", "--metrics", "fd,teacher", "--teacher", "ddim:6", "--guidance", "1.5", "--json"]

@@ -26,6 +26,12 @@ def test_the_default_config_is_the_default_preset_and_the_cli_default():
                                                          guidance=2.0, range_aware=False, backoff_scope="moved",
                                                          screen_samples=16, probe_starts=3, probe_steps=5, ema=0.9)
     assert LearnConfig().range_aware is None  # auto: chosen from the teacher's samples
+    args = build_parser().parse_args(["learn", "--nfe", "4", "--out", "x.json", "--preset", "lm", "--damping", "0.01",
+                                      "--fd-step", "1e-4", "--lm-memory", "0.5", "--steps", "3"])
+    assert learn_config_from_args(args) == preset_config("lm", nfe=4, damping=0.01, fd_step=1e-4, lm_memory=0.5, steps=3)
+    assert learn_config_from_args(args).optimizer == "lm"
+    args = build_parser().parse_args(["learn", "--nfe", "4", "--out", "x.json", "--optimizer", "lm"])
+    assert learn_config_from_args(args) == LearnConfig(nfe=4, optimizer="lm")
 
 
 def test_unknown_options_and_presets_are_refused_by_name():
@@ -83,5 +89,6 @@ def test_help_shows_defaults_and_the_presets_values_and_version(capsys):
         assert info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "seed of the evaluation noise (default: 0)" in out
-    assert f"optimiser steps (default: the preset's: default {PRESETS['default'].steps}, fast {PRESETS['fast'].steps})" in out
+    assert (f"optimiser steps (default: the preset's: default {PRESETS['default'].steps}, fast {PRESETS['fast'].steps}, "
+            f"lm {PRESETS['lm'].steps})") in out
     assert s4s.__version__ in out

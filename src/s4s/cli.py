@@ -113,7 +113,8 @@ LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num
                "teacher_batch_size": "teacher_batch_size", "val_every": "val_every", "steps": "steps",
                "batch_size": "batch_size", "micro_batch": "micro_batch", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
                "range_aware": "range_aware", "backoff_ratio": "backoff_ratio", "backoff_scope": "backoff_scope",
-               "ema": "ema",
+               "ema": "ema", "optimizer": "optimizer", "damping": "damping", "fd_step": "fd_step",
+               "lm_memory": "lm_memory",
                "ball_radius": "ball_radius", "base": "base", "grid": "grid", "screen_samples": "screen_samples",
                "probe_starts": "probe_starts", "probe_steps": "probe_steps", "learn_a": "learn_a",
                "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors", "seed": "seed"}
@@ -487,7 +488,7 @@ def _preset_help(text: str, field: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from s4s import __version__
-    from s4s.learning.config import BACKOFF_SCOPES, DEFAULT_LR, LR_DECAYS, METHODS, PRESETS
+    from s4s.learning.config import BACKOFF_SCOPES, DEFAULT_LR, LR_DECAYS, METHODS, OPTIMIZERS, PRESETS
     from s4s.learning.objectives import LOSSES
 
     parser = argparse.ArgumentParser(prog="s4s", description="Learned few-step solvers for diffusion models.",
@@ -558,6 +559,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, default=None,
                    help=_preset_help("decay of the moving average of the parameters that is validated and kept "
                                      "(0: the raw parameters)", "ema"))
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help=_preset_help("adam, or lm: Levenberg-Marquardt, each step the Gauss-Newton solve of one "
+                                     "mini-batch with a finite-difference Jacobian (--preset lm sets its steps)",
+                                     "optimizer"))
+    p.add_argument("--damping", type=float, default=None,
+                   help=_preset_help("lm: initial Levenberg-Marquardt damping", "damping"))
+    p.add_argument("--fd-step", type=float, default=None,
+                   help=_preset_help("lm: finite-difference step of the Jacobian", "fd_step"))
+    p.add_argument("--lm-memory", type=float, default=None,
+                   help=_preset_help("lm: weight of the earlier mini-batches' averaged Gauss-Newton model (0: none)",
+                                     "lm_memory"))
     p.add_argument("--lr-decay", choices=LR_DECAYS, default=None, help=_preset_help("learning-rate decay after warm-up",
                                                                                     "lr_decay"))
     p.add_argument("--ball-radius", type=float, default=None,

@@ -19,14 +19,16 @@ from typing import Any, Optional
 from s4s.baselines import BASELINES
 from s4s.family import anchor_scales
 from s4s.grids import GRIDS
-from s4s.learning.objectives import LOSSES
+from s4s.learning.objectives import LOSSES, SQUARES_LOSSES
 from s4s.teacher import DEFAULT_TEACHER, parse_teacher
 
-__all__ = ["LearnConfig", "PRESETS", "preset_config", "DEFAULT_LR", "METHODS", "LR_DECAYS", "BACKOFF_SCOPES", "AUTO_LOSS"]
+__all__ = ["LearnConfig", "PRESETS", "preset_config", "DEFAULT_LR", "METHODS", "LR_DECAYS", "BACKOFF_SCOPES", "AUTO_LOSS",
+           "OPTIMIZERS"]
 
 METHODS = ("s4s", "s4s-pc", "s4s-alt", "s4s-alt-pc", "s4s-joint")
 LR_DECAYS = ("constant", "cosine")
 BACKOFF_SCOPES = ("all", "moved")
+OPTIMIZERS = ("adam", "lm")
 AUTO_LOSS = "auto"
 
 
@@ -66,6 +68,11 @@ class LearnConfig:
     #                                     edge; None: when the teacher's samples leave the range (s4s.learning.trainer)
     learn_a: bool = True               # also learn the state weights a
     # optimisation
+    optimizer: str = "adam"            # or "lm": Levenberg-Marquardt, finite-difference Jacobian, every learned group
+    #                                    at once (s4s.learning.levenberg_marquardt); a step is worth many Adam steps
+    damping: float = 1e-3              # lm: initial damping mu (adapted every step)
+    fd_step: float = 1e-3              # lm: finite-difference step of the Jacobian, in parameter units
+    lm_memory: float = 0.0             # lm: weight of the earlier mini-batches' averaged Gauss-Newton model (0: none)
     steps: int = 400
     batch_size: int = 32
     micro_batch: Optional[int] = None  # samples per forward/backward pass (gradients summed: the same step); None: the
@@ -129,6 +136,24 @@ class LearnConfig:
             raise ValueError(f"unknown loss {self.loss!r}; choose {AUTO_LOSS!r} or one of {list(LOSSES)}")
         if self.backoff_scope not in BACKOFF_SCOPES:
             raise ValueError(f"unknown backoff_scope {self.backoff_scope!r}; choose from {list(BACKOFF_SCOPES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {list(OPTIMIZERS)}")
+        if self.optimizer == "lm":
+            if self.ball_radius > 0:
+                raise ValueError("optimizer 'lm' learns the plain objective; the relaxed one (ball_radius > 0) needs 'adam'")
+            if self.ema > 0:
+                raise ValueError("ema averages Adam's iterates; optimizer 'lm' takes no average (use ema 0)")
+            if self.loss not in (AUTO_LOSS, *SQUARES_LOSSES):
+                raise ValueError(f"optimizer 'lm' needs a sum-of-squares loss ({', '.join(SQUARES_LOSSES)}, or "
+                                 f"{AUTO_LOSS!r}); {self.loss!r} is not one (use optimizer 'adam')")
+            if self.guidance_range is not None:
+                raise ValueError("optimizer 'lm' does not learn guidance families yet; use 'adam' for a guidance range")
+            if not 0 <= self.lm_memory < 1:  # also refuses NaN
+                raise ValueError(f"lm_memory must lie in [0, 1) (0: each step its own mini-batch), got {self.lm_memory}")
+            for name in ("damping", "fd_step"):
+                value = getattr(self, name)
+                if not (math.isfinite(value) and value > 0):
+                    raise ValueError(f"{name} must be a finite number > 0, got {value}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; choose from {list(LR_DECAYS)}")
         parse_teacher(self.teacher)
@@ -173,6 +198,8 @@ PRESETS: dict[str, LearnConfig] = {
     "default": LearnConfig(),
     "fast": LearnConfig(teacher="unipc_bh2:40", num_samples=320, steps=80, batch_size=16, val_every=20, alt_round=10,
                         warmup=5, probe_steps=20),
+    # Levenberg-Marquardt: each step solves the Gauss-Newton system of one mini-batch (docs/generalization.md)
+    "lm": LearnConfig(optimizer="lm", steps=12, probe_steps=1, val_every=1),
 }
 
 

@@ -27,9 +27,11 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["LOSSES", "make_distance", "resolve_auto_loss", "range_aware", "range_target"]
+__all__ = ["LOSSES", "SQUARES_LOSSES", "make_distance", "make_residual", "resolve_auto_loss", "range_aware",
+           "range_target"]
 
 Distance = Callable[[Tensor, Tensor], Tensor]
+Residual = Callable[[Tensor, Tensor], Tensor]
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -65,6 +67,9 @@ def range_aware(distance: Distance, data_range: tuple[float, float]) -> Distance
 
 
 LOSSES = ("l2", "l1", "pseudo_huber", "feature", "perceptual", "lpips")
+# the distances that are a sum of squares of a residual vector, d(x, y) = ||r(x, y)||^2 (make_residual): the ones
+# the Levenberg-Marquardt optimiser can learn with (s4s.learning.levenberg_marquardt)
+SQUARES_LOSSES = ("l2", "feature", "perceptual")
 
 
 def resolve_auto_loss(loss: str, feature_fn: Optional[Callable[[Tensor], Tensor]] = None) -> str:
@@ -76,6 +81,30 @@ def resolve_auto_loss(loss: str, feature_fn: Optional[Callable[[Tensor], Tensor]
         raise ValueError("a feature_fn was given with loss 'auto': name the distance it is for, loss='perceptual' "
                          "(an LPIPS-style network) or loss='feature'")
     return "l2"
+
+
+def make_residual(name: str, feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
+                  data_range: Optional[tuple[float, float]] = None) -> Residual:
+    r"""``r(x, y)`` of shape ``(B, R)`` with ``make_distance(name)(x, y) = ||r(x, y)||^2`` per sample, for the
+    sum-of-squares distances (:data:`SQUARES_LOSSES`): ``l2`` ``(x - y) / sqrt(d)``, ``feature``
+    ``(f(x) - f(y)) / sqrt(F)``, ``perceptual`` ``f(x) - f(y)``. With ``data_range`` the target is
+    :func:`range_target` of ``x`` (held fixed: the Gauss-Newton model of the range-aware distance)."""
+    if name not in SQUARES_LOSSES:
+        raise ValueError(f"loss {name!r} is not a sum of squares; the Levenberg-Marquardt optimiser needs one of "
+                         f"{list(SQUARES_LOSSES)} (or use optimizer 'adam')")
+    if name in ("feature", "perceptual") and feature_fn is None:
+        raise ValueError(f"loss {name!r} needs a feature network")
+
+    def residual(x: Tensor, y: Tensor) -> Tensor:
+        if data_range is not None:
+            y = range_target(x, y, *data_range)
+        if name == "l2":
+            d = _flat(x - y)
+            return d / d.shape[1] ** 0.5
+        d = _flat(feature_fn(x) - feature_fn(y))
+        return d / d.shape[1] ** 0.5 if name == "feature" else d
+
+    return residual
 
 
 def make_distance(name: str, feature_fn: Optional[Callable[[Tensor], Tensor]] = None) -> Distance:

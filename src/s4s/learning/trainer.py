@@ -16,7 +16,8 @@ Methods:
   (coefficients fixed); ``s4s-alt-pc`` the same in predictor-corrector form;
 * ``s4s-joint`` - coefficients, grid and input times together (to compare with alternating).
 
-Adam with linear warm-up, mini-batches, validation every ``val_every`` steps on held-out noise
+Adam with linear warm-up (or, with ``optimizer="lm"``, Levenberg-Marquardt steps on every learned group at
+once: :mod:`s4s.learning.levenberg_marquardt`), mini-batches, validation every ``val_every`` steps on held-out noise
 with the plain objective (``r = 0``, same distance; the RMSE is recorded too); the best-on-validation
 solver is returned, and step 0 is the base
 solver, so the result is never worse than the base on validation. The start is chosen by a probe:
@@ -54,7 +55,8 @@ from s4s.teacher_distance import DataRange, excursion_sum, is_far_outside, squar
 from s4s.grids import GRIDS, make_grid
 from s4s.io import atomic_write, atomic_write_text
 from s4s.learning.config import LearnConfig
-from s4s.learning.objectives import make_distance, range_aware, resolve_auto_loss
+from s4s.learning.levenberg_marquardt import LevenbergMarquardt, learned_entries
+from s4s.learning.objectives import make_distance, make_residual, range_aware, resolve_auto_loss
 from s4s.learning.parametrization import GuidanceFamilyModule, LearnableSolver
 from s4s.teacher import TeacherData
 from s4s.plotting import line_plot
@@ -371,6 +373,8 @@ class TrainState:
     scale_weights: dict[str, float] = field(default_factory=dict)   # several scales: each one's loss weight
     probe_losses: dict[str, float] = field(default_factory=dict)   # "base/grid" -> best validation after the probe
     average: Optional[ParameterAverage] = None   # config.ema > 0: the averaged parameters, validated and kept
+    damping: Optional[float] = None   # optimizer "lm": the Levenberg-Marquardt damping after the last step
+    lm_model: Optional[tuple[Tensor, Tensor]] = None   # optimizer "lm" with lm_memory: the averaged model (A, c)
 
     @classmethod
     def start(cls, model: nn.Module, config: LearnConfig, base: str, grid: str, base_losses: dict[str, float],
@@ -390,7 +394,8 @@ class TrainState:
                 "best_state": self.best_state, "best_mse": self.best_mse, "guarded": self.guarded,
                 "lr_scale": self.lr_scale, "grid_lr_scale": self.grid_lr_scale, "backoffs": self.backoffs,
                 "coef_steps": self.coef_steps, "grid_steps": self.grid_steps, "scale_weights": self.scale_weights,
-                "probe_losses": self.probe_losses, "average": None if self.average is None else self.average.shadow,
+                "probe_losses": self.probe_losses, "damping": self.damping, "lm_model": self.lm_model,
+                "average": None if self.average is None else self.average.shadow,
                 "base": self.base, "grid": self.grid, "base_losses": self.base_losses, "config": asdict(config),
                 "data": data_digest}
 
@@ -420,6 +425,8 @@ class TrainState:
         state.grid_lr_scale = record.get("grid_lr_scale", record["lr_scale"])  # older runs halved both rates
         state.scale_weights = record.get("scale_weights", {})
         state.probe_losses = record.get("probe_losses", {})
+        state.damping = record.get("damping")
+        state.lm_model = None if record.get("lm_model") is None else tuple(record["lm_model"])
         if state.average is not None:
             state.average.shadow = {name: t.clone() for name, t in record["average"].items()}
         return state
@@ -539,9 +546,15 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     aware_targets = _use_range_aware(config, data_range, transform, conditions)
     if aware_targets:
         distance = range_aware(distance, data_range)
+    # Levenberg-Marquardt: the same distance as a residual vector, ||r||^2 = distance
+    residual = (make_residual(config.loss, feature_fn, data_range if aware_targets else None)
+                if config.optimizer == "lm" else None)
     if transform is not None:
         inner_distance = distance
         distance = lambda x, y: inner_distance(transform(x), transform(y))  # noqa: E731
+        if residual is not None:
+            inner_residual = residual
+            residual = lambda x, y: inner_residual(transform(x), transform(y))  # noqa: E731
     ckpt_path = None if run_dir is None else Path(run_dir) / "checkpoint.pt"
     data_digest = (_data_digest(train, conditions[0].val) if single else hashlib.sha256(":".join(
         f"{c.guidance}={_data_digest(c.train, c.val)}" for c in conditions).encode()).hexdigest()[:16])
@@ -598,6 +611,37 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                          f"({distributed.world_size()}): every rank needs a share of each batch")
     step_seconds, steps_timed = 0.0, 0
     micro = config.micro_batch  # halved when a pass runs out of GPU memory
+
+    def validation_point(state: TrainState, train_loss: Optional[float], phase: str, moved_groups: set[str], bar,
+                         save: bool) -> Optional[str]:
+        """Validate, select (the RMSE guard), back off when Adam diverged, checkpoint; why to stop, else None."""
+        model = state.model
+        distributed.check_same_on_all_ranks(list(model.parameters()), "learned solver parameters")
+        with state.average.swapped_in(model) if state.average is not None else nullcontext():
+            val = validate_now(model, state.scale_weights)
+            val_loss = val.loss
+            if not math.isfinite(val_loss):
+                stopped = (f"non-finite validation loss at step {state.step}; kept the best solver "
+                           f"(validation {state.best_val:.5g})")
+                log.error("%s", stopped)
+                return stopped
+            kept = state.keep_if_best(val)   # the averaged parameters, when averaging
+        state.history.append(row(state.step, train_loss, val, phase))
+        if not kept:
+            state.guarded += 1
+            log.info("step %d: validation %s %.5g is the lowest so far, but its RMSE to the teacher %.5f is "
+                     "worse than the base's %.5f: not kept", state.step, config.loss, val_loss,
+                     math.sqrt(val.mse), math.sqrt(state.history[0]["val_mse"]))
+        if config.optimizer == "adam" and state.diverged(val, config):
+            state.back_off(PARAMETER_GROUPS if config.backoff_scope == "all" else moved_groups)
+            log.info("step %d: validation %s %.5g is above %g x the best (%.5g): back to the best solver, "
+                     "learning rates x %g (coefficients), x %g (grid)", state.step, config.loss, val_loss,
+                     config.backoff_ratio, state.best_val, state.lr_scale, state.grid_lr_scale)
+        bar.set_postfix(val=f"{val_loss:.4g}", best=f"{state.best_val:.4g}",
+                        val_rmse=f"{math.sqrt(val.mse):.4f}")
+        if save and ckpt_path is not None:
+            state.save(ckpt_path, config, data_digest)
+        return None
 
     def advance(state: TrainState, until: int, bar, save: bool) -> Optional[str]:
         """Learning steps on ``state`` up to step ``until`` (validating every ``val_every`` steps and at
@@ -669,35 +713,71 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
             step_seconds, steps_timed = step_seconds + time.time() - t_step, steps_timed + 1
             bar.update(1)
             if state.step % config.val_every == 0 or state.step == until:
-                distributed.check_same_on_all_ranks(list(model.parameters()), "learned solver parameters")
-                with state.average.swapped_in(model) if state.average is not None else nullcontext():
-                    val = validate_now(model, state.scale_weights)
-                    val_loss = val.loss
-                    if not math.isfinite(val_loss):
-                        stopped = (f"non-finite validation loss at step {state.step}; kept the best solver "
-                                   f"(validation {state.best_val:.5g})")
-                        log.error("%s", stopped)
-                        return stopped
-                    kept = state.keep_if_best(val)   # the averaged parameters, when averaging
-                state.history.append(row(state.step, running / max(count, 1), val, phase))
+                stopped = validation_point(state, running / max(count, 1), phase, moved_groups, bar, save)
+                if stopped is not None:
+                    return stopped
                 running, count = 0.0, 0
-                if not kept:
-                    state.guarded += 1
-                    log.info("step %d: validation %s %.5g is the lowest so far, but its RMSE to the teacher %.5f is "
-                             "worse than the base's %.5f: not kept", state.step, config.loss, val_loss,
-                             math.sqrt(val.mse), math.sqrt(state.history[0]["val_mse"]))
-                if state.diverged(val, config):
-                    state.back_off(PARAMETER_GROUPS if config.backoff_scope == "all" else moved_groups)
-                    log.info("step %d: validation %s %.5g is above %g x the best (%.5g): back to the best solver, "
-                             "learning rates x %g (coefficients), x %g (grid)", state.step, config.loss, val_loss,
-                             config.backoff_ratio, state.best_val, state.lr_scale, state.grid_lr_scale)
                 moved_groups = set()
-                bar.set_postfix(val=f"{val_loss:.4g}", best=f"{state.best_val:.4g}",
-                                val_rmse=f"{math.sqrt(val.mse):.4f}")
-                if save and ckpt_path is not None:
-                    state.save(ckpt_path, config, data_digest)
         return None
 
+    def residuals_of(model: nn.Module, data: TeacherData, guidance: Optional[float], gen: torch.Generator):
+        """A mini-batch drawn from ``data`` (this process's share of it) as ``part -> residual rows``."""
+        idx = torch.randint(0, len(data), (config.batch_size,), generator=gen).to(data.x_T.device)
+        if distributed.active():  # every rank drew the same idx; each takes its share of the batch
+            idx = idx[distributed.shard_slice(config.batch_size)]
+        cond = None if data.cond is None else data.cond[idx]
+        x_in, target = data.x_T[idx], data.x0[idx]
+
+        def residuals(part: slice) -> Tensor:
+            return residual(student(model, x_in[part], None if cond is None else cond[part], guidance), target[part])
+
+        residuals.rows = len(idx)
+        return residuals
+
+    def advance_lm(state: TrainState, until: int, bar, save: bool) -> Optional[str]:
+        """Levenberg-Marquardt steps on ``state`` up to step ``until`` (one mini-batch each, every learned
+        group at once; validating every ``val_every`` steps and at ``until``). Returns why it stopped early."""
+        nonlocal micro, step_seconds, steps_timed
+        model = state.model
+        params = model.coefficient_parameters() + (model.grid_parameters() if config.learns_grid else [])
+        lm = LevenbergMarquardt(learned_entries(model, params, [c.guidance for c in conditions]),
+                                state.damping if state.damping is not None else config.damping, config.fd_step,
+                                config.lm_memory, state.lm_model)
+        condition = conditions[0]
+        data, guidance = condition.train, condition.guidance
+        while state.step < until:
+            t_step = time.time()
+            # the step's mini-batch and the independent one that judges it (LevenbergMarquardt.step)
+            step_fn, check_fn = (residuals_of(model, data, guidance, state.gen) for _ in range(2))
+
+            while True:
+                try:
+                    with torch.no_grad():
+                        parts = _micro_slices(step_fn.rows, micro)
+                        before, after = lm.step(step_fn, parts, config.batch_size, check_fn, parts)
+                    break
+                except torch.cuda.OutOfMemoryError:  # the same step in smaller passes
+                    micro = _smaller_micro_batch(micro, len(idx), config)
+            state.damping, state.lm_model = lm.damping, lm.model
+            if not math.isfinite(before):
+                stopped = (f"non-finite loss at step {state.step} ({before}); kept the best solver (validation "
+                           f"{state.best_val:.5g})")
+                log.error("%s", stopped)
+                return stopped
+            state.step += 1
+            step_seconds, steps_timed = step_seconds + time.time() - t_step, steps_timed + 1
+            bar.update(1)
+            if state.step % config.val_every == 0 or state.step == until:
+                stopped = validation_point(state, after, "joint", set(PARAMETER_GROUPS), bar, save)
+                if stopped is not None:
+                    return stopped
+                last = state.history[-1]
+                log.info("step %d: check batch %s %.5g -> %.5g, validation %.5g (RMSE to the teacher %.5f), damping "
+                         "%.3g", state.step, config.loss, before, after, last["val_loss"], math.sqrt(last["val_mse"]),
+                         lm.damping)
+        return None
+
+    run_steps = advance_lm if config.optimizer == "lm" else advance
     stopped = None
     show = progress and distributed.is_main()
     if record is not None:
@@ -717,7 +797,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         for start in starts:
             base, grid = start.split("/")
             state = start_state(base, grid, base_losses, states[0].scale_weights if states else None)
-            why = advance(state, probe_steps, bar, save=False) if probe_steps else None
+            why = run_steps(state, probe_steps, bar, save=False) if probe_steps else None
             states.append(state)
             probe[start] = state.best_val if why is None else math.inf
         if probe_steps:  # the lowest best validation; the first start when every one stopped
@@ -732,7 +812,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         if stopped is None and ckpt_path is not None and probe_steps:
             state.save(ckpt_path, config, data_digest)
     if stopped is None:
-        stopped = advance(state, config.steps, bar, save=True)
+        stopped = run_steps(state, config.steps, bar, save=True)
     bar.close()
     if steps_timed:
         log.info("%.3g s per learning step (batch %d, NFE %d)%s", step_seconds / steps_timed, config.batch_size,
