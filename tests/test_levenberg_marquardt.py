@@ -124,6 +124,7 @@ def test_levenberg_marquardt_learns_a_solver_closer_to_the_exact_ode(setup):
     rmse = lambda solver: float((solver.sample(den, x_test) - ref_test).pow(2).mean().sqrt())  # noqa: E731
     assert rmse(result.solver) < 0.8 * rmse(base), (rmse(base), rmse(result.solver))
     assert result.history[-1]["phase"] == "joint" and len(result.history) == 7
+    assert result.solver.metadata["optimizer"] == "lm"  # the solver file says how it was learned
 
 
 @pytest.mark.parametrize("memory", [0.0, 0.5])

@@ -905,7 +905,7 @@ def _result(state: TrainState, config: LearnConfig, metadata: Optional[dict[str,
     history = state.history
     kept = next(h for h in history if h["val_loss"] == state.best_val and h["val_mse"] == state.best_mse)
     meta = {"method": config.method, "base": state.base, "grid_init": state.grid, "nfe": config.nfe, "loss": config.loss,
-            "guidance": config.guidance, "source": config.method, **(metadata or {}),
+            "guidance": config.guidance, "source": config.method, "optimizer": config.optimizer, **(metadata or {}),
             "val_loss": state.best_val, "base_val_loss": history[0]["val_loss"], "val_rmse": math.sqrt(state.best_mse),
             "base_val_rmse": math.sqrt(history[0]["val_mse"]), "steps": state.step, "kept_step": kept["step"],
             "rmse_guard_refusals": state.guarded, "lr_backoffs": list(state.backoffs),
