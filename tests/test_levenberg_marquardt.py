@@ -137,3 +137,23 @@ def test_levenberg_marquardt_resumes_to_the_uninterrupted_run(tmp_path, setup, m
                            progress=False)
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
     assert torch.equal(resumed.solver.tables.b, full.solver.tables.b)
+
+
+def test_running_out_of_gpu_memory_redoes_the_step_in_smaller_passes(setup, caplog):
+    """A pass over more samples than fit raises OutOfMemoryError: the step is redone from the same state in
+    halves, and the run equals one with that micro-batch from the start."""
+    schedule, den, (train, val), _ = setup
+
+    def small_gpu(x, t, cond=None, guidance=None):
+        if x.shape[0] in (32, 16):  # the training passes; validation runs its 128 noises at once
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return den(x, t, cond, guidance)
+
+    kw = dict(batch_size=32, steps=3, lm_memory=0.5)
+    with caplog.at_level("WARNING"):
+        squeezed = train_solver(small_gpu, schedule, train, val, _lm_config(**kw), progress=False)
+    assert "continuing with 16" in caplog.text and "continuing with 8" in caplog.text
+    planned = train_solver(den, schedule, train, val, _lm_config(micro_batch=8, **kw), progress=False)
+    assert [h["val_loss"] for h in squeezed.history] == pytest.approx([h["val_loss"] for h in planned.history],
+                                                                      rel=1e-9)
+    assert torch.allclose(squeezed.solver.tables.b, planned.solver.tables.b, rtol=1e-9, atol=1e-12)

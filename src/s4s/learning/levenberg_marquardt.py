@@ -65,14 +65,12 @@ def learned_entries(model: nn.Module, parameters: Sequence[nn.Parameter],
     has no gradient there, but stays learned)."""
     index = {id(p): k for k, p in enumerate(parameters)}
     probe = copy.deepcopy(model)
-    probe_params = [p for p in probe.parameters()]
-    own = [p for p in model.parameters()]
-    chosen = [probe_params[k] for k, p in enumerate(own) if id(p) in index]
+    pairs = [(p, q) for p, q in zip(model.parameters(), probe.parameters()) if id(p) in index]  # (own, copy)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in probe_params:
-            p.zero_()
-            p.grad = None
+        for q in probe.parameters():
+            q.zero_()
+            q.grad = None
     with torch.enable_grad():
         total = 0.0
         for w in guidances:
@@ -81,13 +79,8 @@ def learned_entries(model: nn.Module, parameters: Sequence[nn.Parameter],
                 if v is not None:
                     total = total + (v * torch.randn(v.shape, generator=gen, dtype=v.dtype)).sum()
         total.backward()
-    by_probe = {id(q): p for p, q in zip(own, probe_params)}
-    entries = []
-    for q in chosen:
-        if q.grad is not None:
-            entries += [(by_probe[id(q)], int(i)) for i in q.grad.reshape(-1).nonzero().flatten()]
-    entries.sort(key=lambda e: (index[id(e[0])], e[1]))
-    return entries
+    pairs.sort(key=lambda pq: index[id(pq[0])])  # in the order of ``parameters``
+    return [(p, int(i)) for p, q in pairs if q.grad is not None for i in q.grad.reshape(-1).nonzero().flatten()]
 
 
 class LevenbergMarquardt:
@@ -116,7 +109,7 @@ class LevenbergMarquardt:
     @torch.no_grad()
     def _loss(self, residuals: Callable[[slice], Tensor], parts: list[slice], batch_size: int) -> float:
         total = sum(float(residuals(part).double().pow(2).sum()) for part in parts)
-        return distributed.all_reduce_sum([total])[0] / batch_size if distributed.active() else total / batch_size
+        return distributed.all_reduce_sum([total])[0] / batch_size   # one process: the total itself
 
     @torch.no_grad()
     def normal_equations(self, residuals: Callable[[slice], Tensor], parts: list[slice], batch_size: int
@@ -141,9 +134,8 @@ class LevenbergMarquardt:
             jtj += (cols.T @ cols).cpu()
             jtr += (cols.T @ r0).cpu()
             loss += float(r0.pow(2).sum())
-        if distributed.active():
-            distributed.all_reduce_([jtj, jtr])
-            loss = distributed.all_reduce_sum([loss])[0]
+        distributed.all_reduce_([jtj, jtr])   # no-ops in one process
+        loss = distributed.all_reduce_sum([loss])[0]
         return jtj / batch_size, jtr / batch_size, loss / batch_size
 
     def step(self, residuals: Callable[[slice], Tensor], parts: list[slice], batch_size: int,

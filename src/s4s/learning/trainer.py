@@ -720,8 +720,10 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                 moved_groups = set()
         return None
 
-    def residuals_of(model: nn.Module, data: TeacherData, guidance: Optional[float], gen: torch.Generator):
-        """A mini-batch drawn from ``data`` (this process's share of it) as ``part -> residual rows``."""
+    def residuals_of(model: nn.Module, data: TeacherData, guidance: Optional[float], gen: torch.Generator
+                     ) -> tuple[Callable[[slice], Tensor], int]:
+        """A mini-batch drawn from ``data``: this process's share of it as ``part -> residual rows``, and the
+        share's size."""
         idx = torch.randint(0, len(data), (config.batch_size,), generator=gen).to(data.x_T.device)
         if distributed.active():  # every rank drew the same idx; each takes its share of the batch
             idx = idx[distributed.shard_slice(config.batch_size)]
@@ -731,8 +733,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         def residuals(part: slice) -> Tensor:
             return residual(student(model, x_in[part], None if cond is None else cond[part], guidance), target[part])
 
-        residuals.rows = len(idx)
-        return residuals
+        return residuals, len(idx)
 
     def advance_lm(state: TrainState, until: int, bar, save: bool) -> Optional[str]:
         """Levenberg-Marquardt steps on ``state`` up to step ``until`` (one mini-batch each, every learned
@@ -748,16 +749,17 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         while state.step < until:
             t_step = time.time()
             # the step's mini-batch and the independent one that judges it (LevenbergMarquardt.step)
-            step_fn, check_fn = (residuals_of(model, data, guidance, state.gen) for _ in range(2))
-
+            (step_fn, share), (check_fn, _) = (residuals_of(model, data, guidance, state.gen) for _ in range(2))
+            damping, averaged = lm.damping, lm.model
             while True:
                 try:
                     with torch.no_grad():
-                        parts = _micro_slices(step_fn.rows, micro)
+                        parts = _micro_slices(share, micro)
                         before, after = lm.step(step_fn, parts, config.batch_size, check_fn, parts)
                     break
-                except torch.cuda.OutOfMemoryError:  # the same step in smaller passes
-                    micro = _smaller_micro_batch(micro, len(idx), config)
+                except torch.cuda.OutOfMemoryError:  # the same step in smaller passes, from the same state
+                    lm.damping, lm.model = damping, averaged
+                    micro = _smaller_micro_batch(micro, share, config)
             state.damping, state.lm_model = lm.damping, lm.model
             if not math.isfinite(before):
                 stopped = (f"non-finite loss at step {state.step} ({before}); kept the best solver (validation "
