@@ -1,5 +1,7 @@
 """The Levenberg-Marquardt optimiser: residuals, finite-difference normal equations, learned entries, refusals."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -157,3 +159,33 @@ def test_running_out_of_gpu_memory_redoes_the_step_in_smaller_passes(setup, capl
     assert [h["val_loss"] for h in squeezed.history] == pytest.approx([h["val_loss"] for h in planned.history],
                                                                       rel=1e-9)
     assert torch.allclose(squeezed.solver.tables.b, planned.solver.tables.b, rtol=1e-9, atol=1e-12)
+
+
+def test_lm_steps_are_levenberg_marquardt_steps_then_adam_goes_on(tmp_path, setup):
+    """``lm_steps=k`` with Adam: the first k steps are the pure Levenberg-Marquardt run's, the rest Adam's
+    rounds from where they ended; a run resumed after the switch equals the uninterrupted one."""
+    schedule, den, (train, val), _ = setup
+    kw = dict(batch_size=64, val_every=1)
+    pure = train_solver(den, schedule, train, val, _lm_config(steps=2, **kw), progress=False)
+    hybrid_config = _lm_config(optimizer="adam", lm_steps=2, steps=6, **kw)
+    hybrid = train_solver(den, schedule, train, val, hybrid_config, run_dir=tmp_path / "a", progress=False)
+    assert [h["val_loss"] for h in hybrid.history[:3]] == [h["val_loss"] for h in pure.history]
+    assert [h["phase"] for h in hybrid.history[1:]] == ["joint"] * 2 + ["coefficients"] * 4  # S4S-Alt's first round
+    assert hybrid.history[3]["val_loss"] != hybrid.history[2]["val_loss"]  # Adam moved the solver
+    assert hybrid.solver.metadata["optimizer"] == "adam" and hybrid.solver.metadata["lm_steps"] == 2
+    train_solver(den, schedule, train, val, replace(hybrid_config, steps=4), run_dir=tmp_path / "b", progress=False)
+    resumed = train_solver(den, schedule, train, val, hybrid_config, run_dir=tmp_path / "b", resume=True,
+                           progress=False)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in hybrid.history]
+
+
+def test_lm_steps_are_refused_where_levenberg_marquardt_cannot_go():
+    with pytest.raises(ValueError, match="lm_steps must be >= 0"):
+        LearnConfig(nfe=4, lm_steps=-1).validate()
+    with pytest.raises(ValueError, match="before Adam"):
+        LearnConfig(nfe=4, optimizer="lm", lm_steps=2).validate()
+    with pytest.raises(ValueError, match="sum-of-squares"):
+        LearnConfig(nfe=4, lm_steps=2, loss="pseudo_huber").validate()
+    with pytest.raises(ValueError, match="takes no average"):
+        LearnConfig(nfe=4, lm_steps=2, ema=0.9).validate()
+    LearnConfig(nfe=4, lm_steps=2).validate()

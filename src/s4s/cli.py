@@ -114,7 +114,7 @@ LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num
                "batch_size": "batch_size", "micro_batch": "micro_batch", "lr": "lr", "lr_decay": "lr_decay", "loss": "loss",
                "range_aware": "range_aware", "backoff_ratio": "backoff_ratio", "backoff_scope": "backoff_scope",
                "ema": "ema", "optimizer": "optimizer", "damping": "damping", "fd_step": "fd_step",
-               "lm_memory": "lm_memory",
+               "lm_memory": "lm_memory", "lm_steps": "lm_steps",
                "ball_radius": "ball_radius", "base": "base", "grid": "grid", "screen_samples": "screen_samples",
                "probe_starts": "probe_starts", "probe_steps": "probe_steps", "learn_a": "learn_a",
                "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors", "seed": "seed"}
@@ -570,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-memory", type=float, default=None,
                    help=_preset_help("lm: weight of the earlier mini-batches' averaged Gauss-Newton model (0: none)",
                                      "lm_memory"))
+    p.add_argument("--lm-steps", type=int, default=None,
+                   help=_preset_help("adam: Levenberg-Marquardt steps before the Adam steps (from each start of the "
+                                     "probe; 0: Adam only)", "lm_steps"))
     p.add_argument("--lr-decay", choices=LR_DECAYS, default=None, help=_preset_help("learning-rate decay after warm-up",
                                                                                     "lr_decay"))
     p.add_argument("--ball-radius", type=float, default=None,

@@ -73,6 +73,8 @@ class LearnConfig:
     damping: float = 1e-3              # lm: initial damping mu (adapted every step)
     fd_step: float = 1e-3              # lm: finite-difference step of the Jacobian, in parameter units
     lm_memory: float = 0.0             # lm: weight of the earlier mini-batches' averaged Gauss-Newton model (0: none)
+    lm_steps: int = 0                  # adam: the run's first lm_steps steps (each start's, in a probe) are
+    #                                    Levenberg-Marquardt steps, then Adam goes on from where they ended
     steps: int = 400
     batch_size: int = 32
     micro_batch: Optional[int] = None  # samples per forward/backward pass (gradients summed: the same step); None: the
@@ -113,6 +115,11 @@ class LearnConfig:
         return self.lr if self.lr is not None else DEFAULT_LR
 
     @property
+    def uses_lm(self) -> bool:
+        """Whether any step is a Levenberg-Marquardt step (``optimizer="lm"``, or ``lm_steps > 0``)."""
+        return self.optimizer == "lm" or self.lm_steps > 0
+
+    @property
     def corrector(self) -> bool:
         return self.method.endswith("-pc")
 
@@ -138,16 +145,23 @@ class LearnConfig:
             raise ValueError(f"unknown backoff_scope {self.backoff_scope!r}; choose from {list(BACKOFF_SCOPES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {list(OPTIMIZERS)}")
-        if self.optimizer == "lm":
+        if self.lm_steps < 0:
+            raise ValueError(f"lm_steps must be >= 0, got {self.lm_steps}")
+        if self.lm_steps > 0 and self.optimizer == "lm":
+            raise ValueError("lm_steps is the number of Levenberg-Marquardt steps before Adam (optimizer 'adam'); "
+                             "optimizer 'lm' takes every step with Levenberg-Marquardt")
+        if self.uses_lm:
+            what = "optimizer 'lm'" if self.optimizer == "lm" else "lm_steps > 0"
             if self.ball_radius > 0:
-                raise ValueError("optimizer 'lm' learns the plain objective; the relaxed one (ball_radius > 0) needs 'adam'")
+                raise ValueError(f"{what} learns the plain objective; the relaxed one (ball_radius > 0) needs Adam alone")
             if self.ema > 0:
-                raise ValueError("ema averages Adam's iterates; optimizer 'lm' takes no average (use ema 0)")
+                raise ValueError(f"ema averages Adam's iterates from the start; {what} takes no average (use ema 0)")
             if self.loss not in (AUTO_LOSS, *SQUARES_LOSSES):
-                raise ValueError(f"optimizer 'lm' needs a sum-of-squares loss ({', '.join(SQUARES_LOSSES)}, or "
-                                 f"{AUTO_LOSS!r}); {self.loss!r} is not one (use optimizer 'adam')")
+                raise ValueError(f"{what} needs a sum-of-squares loss ({', '.join(SQUARES_LOSSES)}, or "
+                                 f"{AUTO_LOSS!r}); {self.loss!r} is not one (use Adam alone)")
             if self.guidance_range is not None:
-                raise ValueError("optimizer 'lm' does not learn guidance families yet; use 'adam' for a guidance range")
+                raise ValueError(f"{what}: Levenberg-Marquardt does not learn guidance families yet; use Adam alone "
+                                 "for a guidance range")
             if not 0 <= self.lm_memory < 1:  # also refuses NaN
                 raise ValueError(f"lm_memory must lie in [0, 1) (0: each step its own mini-batch), got {self.lm_memory}")
             for name in ("damping", "fd_step"):

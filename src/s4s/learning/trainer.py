@@ -548,7 +548,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         distance = range_aware(distance, data_range)
     # Levenberg-Marquardt: the same distance as a residual vector, ||r||^2 = distance
     residual = (make_residual(config.loss, feature_fn, data_range if aware_targets else None)
-                if config.optimizer == "lm" else None)
+                if config.uses_lm else None)
     if transform is not None:
         inner_distance = distance
         distance = lambda x, y: inner_distance(transform(x), transform(y))  # noqa: E731
@@ -613,8 +613,9 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     micro = config.micro_batch  # halved when a pass runs out of GPU memory
 
     def validation_point(state: TrainState, train_loss: Optional[float], phase: str, moved_groups: set[str], bar,
-                         save: bool) -> Optional[str]:
-        """Validate, select (the RMSE guard), back off when Adam diverged, checkpoint; why to stop, else None."""
+                         save: bool, adam: bool = True) -> Optional[str]:
+        """Validate, select (the RMSE guard), back off when Adam (``adam``) diverged, checkpoint; why to stop,
+        else None."""
         model = state.model
         distributed.check_same_on_all_ranks(list(model.parameters()), "learned solver parameters")
         with state.average.swapped_in(model) if state.average is not None else nullcontext():
@@ -632,7 +633,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
             log.info("step %d: validation %s %.5g is the lowest so far, but its RMSE to the teacher %.5f is "
                      "worse than the base's %.5f: not kept", state.step, config.loss, val_loss,
                      math.sqrt(val.mse), math.sqrt(state.history[0]["val_mse"]))
-        if config.optimizer == "adam" and state.diverged(val, config):
+        if adam and state.diverged(val, config):
             state.back_off(PARAMETER_GROUPS if config.backoff_scope == "all" else moved_groups)
             log.info("step %d: validation %s %.5g is above %g x the best (%.5g): back to the best solver, "
                      "learning rates x %g (coefficients), x %g (grid)", state.step, config.loss, val_loss,
@@ -770,7 +771,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
             step_seconds, steps_timed = step_seconds + time.time() - t_step, steps_timed + 1
             bar.update(1)
             if state.step % config.val_every == 0 or state.step == until:
-                stopped = validation_point(state, after, "joint", set(PARAMETER_GROUPS), bar, save)
+                stopped = validation_point(state, after, "joint", set(PARAMETER_GROUPS), bar, save, adam=False)
                 if stopped is not None:
                     return stopped
                 last = state.history[-1]
@@ -779,7 +780,17 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                          lm.damping)
         return None
 
-    run_steps = advance_lm if config.optimizer == "lm" else advance
+    def advance_lm_then_adam(state: TrainState, until: int, bar, save: bool) -> Optional[str]:
+        """``config.lm_steps`` Levenberg-Marquardt steps, then Adam up to step ``until`` (Adam's moments and
+        warm-up start at its first step)."""
+        if state.step < config.lm_steps:
+            stopped = advance_lm(state, min(until, config.lm_steps), bar, save)
+            if stopped is not None or state.step >= until:
+                return stopped
+        return advance(state, until, bar, save)
+
+    run_steps = (advance_lm if config.optimizer == "lm" else
+                 advance_lm_then_adam if config.lm_steps > 0 else advance)
     stopped = None
     show = progress and distributed.is_main()
     if record is not None:
@@ -907,7 +918,8 @@ def _result(state: TrainState, config: LearnConfig, metadata: Optional[dict[str,
     history = state.history
     kept = next(h for h in history if h["val_loss"] == state.best_val and h["val_mse"] == state.best_mse)
     meta = {"method": config.method, "base": state.base, "grid_init": state.grid, "nfe": config.nfe, "loss": config.loss,
-            "guidance": config.guidance, "source": config.method, "optimizer": config.optimizer, **(metadata or {}),
+            "guidance": config.guidance, "source": config.method, "optimizer": config.optimizer,
+            "lm_steps": config.lm_steps, **(metadata or {}),
             "val_loss": state.best_val, "base_val_loss": history[0]["val_loss"], "val_rmse": math.sqrt(state.best_mse),
             "base_val_rmse": math.sqrt(history[0]["val_mse"]), "steps": state.step, "kept_step": kept["step"],
             "rmse_guard_refusals": state.guarded, "lr_backoffs": list(state.backoffs),
