@@ -189,3 +189,21 @@ def test_lm_steps_are_refused_where_levenberg_marquardt_cannot_go():
     with pytest.raises(ValueError, match="takes no average"):
         LearnConfig(nfe=4, lm_steps=2, ema=0.9).validate()
     LearnConfig(nfe=4, lm_steps=2).validate()
+
+
+def test_a_jacobian_too_large_for_its_memory_budget_is_made_in_smaller_passes(problem, caplog):
+    model, residuals, *_ = problem
+    params = model.coefficient_parameters() + model.grid_parameters()
+    whole = LevenbergMarquardt(learned_entries(model, params, [None]), fd_step=1e-6)
+    n = len(whole.entries)
+    # a budget of 5 samples' rows (16 residuals x n entries of 8 bytes each): passes of 5, 5, 2 in a part of 12
+    split = LevenbergMarquardt(whole.entries, fd_step=1e-6, jacobian_bytes=5 * 8 * 16 * n)
+    parts = [slice(0, 12), slice(12, 24)]
+    with caplog.at_level("INFO"):
+        jtj, jtr, loss = split.normal_equations(residuals, parts, batch_size=24)
+    assert "5 sample(s) at a time" in caplog.text
+    ref = whole.normal_equations(residuals, parts, batch_size=24)
+    # equal up to the finite differences' rounding (a pass of another size rounds differently)
+    torch.testing.assert_close(jtj, ref[0], rtol=0, atol=1e-6 * float(ref[0].abs().max()))
+    torch.testing.assert_close(jtr, ref[1], rtol=0, atol=1e-6 * float(ref[1].abs().max()))
+    assert loss == pytest.approx(ref[2], rel=1e-12)

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 __all__ = ["learned_entries", "LevenbergMarquardt", "MAX_TRIES"]
 
 MAX_TRIES = 8          # damping increases tried on one Jacobian before the step is given up
+JACOBIAN_BYTES = 2**30  # the most memory the Jacobian rows of one pass may take; larger passes are split
 DAMPING_MIN, DAMPING_MAX = 1e-8, 1e8
 
 Entry = tuple[nn.Parameter, int]   # a parameter and a flat index into it
@@ -91,10 +92,12 @@ class LevenbergMarquardt:
     (micro-batches) of this process's share; ``batch_size`` the global mini-batch size."""
 
     def __init__(self, entries: list[Entry], damping: float = 1e-3, fd_step: float = 1e-3, memory: float = 0.0,
-                 model: Optional[tuple[Tensor, Tensor]] = None):
+                 model: Optional[tuple[Tensor, Tensor]] = None, jacobian_bytes: int = JACOBIAN_BYTES):
         if not entries:
             raise ValueError("nothing to learn: no parameter entry changes the solver")
         self.entries, self.damping, self.fd_step, self.memory = entries, damping, fd_step, memory
+        self.jacobian_bytes = jacobian_bytes
+        self._split_logged = False
         self.model = model   # the averaged Gauss-Newton model (A, c) of the earlier mini-batches, or None
 
     @torch.no_grad()
@@ -115,25 +118,41 @@ class LevenbergMarquardt:
     def normal_equations(self, residuals: Callable[[slice], Tensor], parts: list[slice], batch_size: int
                          ) -> tuple[Tensor, Tensor, float]:
         """``(J^T J, J^T r, L)`` at the current parameters, summed over micro-batches and ranks, each
-        divided by ``batch_size`` (so ``J^T r`` is half the gradient of ``L``)."""
+        divided by ``batch_size`` (so ``J^T r`` is half the gradient of ``L``). The Jacobian rows of one
+        pass (``samples x R x P`` doubles) are held at once; a micro-batch whose rows would take more than
+        ``jacobian_bytes`` is taken in smaller passes (each sample's residuals are its own, so the sums are
+        the same)."""
         n = len(self.entries)
         jtj = torch.zeros(n, n, dtype=torch.float64)
         jtr = torch.zeros(n, dtype=torch.float64)
         loss = 0.0
         h = self.fd_step
         for part in parts:
-            r0 = residuals(part).double().reshape(-1)
-            cols = torch.empty(r0.numel(), n, dtype=torch.float64, device=r0.device)  # where the model runs
-            for k, (p, i) in enumerate(self.entries):
-                value = float(p.view(-1)[i])
-                p.view(-1)[i] = value + h
-                try:
-                    cols[:, k] = (residuals(part).double().reshape(-1) - r0) / h
-                finally:  # exactly the value it had, even when the pass raised (out of memory)
-                    p.view(-1)[i] = value
-            jtj += (cols.T @ cols).cpu()
-            jtr += (cols.T @ r0).cpu()
-            loss += float(r0.pow(2).sum())
+            r_part = residuals(part).double()
+            m = r_part.shape[0]
+            per_sample = 8 * n * max(r_part[0].numel(), 1) if m else 1
+            fit = max(1, min(m, self.jacobian_bytes // per_sample))
+            if fit < m and not self._split_logged:
+                log.info("Levenberg-Marquardt: the Jacobian of one sample takes %.3g MB (%d residuals x %d entries); "
+                         "its passes take %d sample(s) at a time", per_sample / 2**20, r_part[0].numel(), n, fit)
+                self._split_logged = True
+            start = part.start or 0
+            for lo in range(0, m, fit):
+                sub = slice(start + lo, start + min(m, lo + fit))
+                # a smaller pass's own base residuals: a pass of another size may round differently
+                r0 = (r_part if fit == m else residuals(sub).double()).reshape(-1)
+                cols = torch.empty(r0.numel(), n, dtype=torch.float64, device=r0.device)  # where the model runs
+                for k, (p, i) in enumerate(self.entries):
+                    value = float(p.view(-1)[i])
+                    p.view(-1)[i] = value + h
+                    try:
+                        cols[:, k] = (residuals(sub).double().reshape(-1) - r0) / h
+                    finally:  # exactly the value it had, even when the pass raised (out of memory)
+                        p.view(-1)[i] = value
+                jtj += (cols.T @ cols).cpu()
+                jtr += (cols.T @ r0).cpu()
+                del cols
+            loss += float(r_part.pow(2).sum())
         distributed.all_reduce_([jtj, jtr])   # no-ops in one process
         loss = distributed.all_reduce_sum([loss])[0]
         return jtj / batch_size, jtr / batch_size, loss / batch_size
