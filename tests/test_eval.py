@@ -81,6 +81,19 @@ def test_eval_json_has_the_documented_keys(tmp_path, capsys):
     assert (tmp_path / "grid.png").exists()
 
 
+def test_teacher_fd_is_the_fd_of_the_teacher_evaluated_as_a_solver(tmp_path):
+    """``teacher_fd`` / ``teacher_accuracy`` (the floor beside a solver's FD) are what evaluating the teacher
+    itself on the same noises and labels gives."""
+    model = load_model(_tiny_model_folder(tmp_path / "tiny"), data="mnist")
+    kw = dict(num_samples=24, seed=3, guidance=2.0, batch_size=12, progress=False)
+    r = evaluate(model, s4s.baseline("ddim", model.schedule, 2), metrics=["fd", "teacher"], teacher="dpmpp_2m:4", **kw)
+    own = evaluate(model, s4s.baseline("dpmpp_2m", model.schedule, 4, grid="logsnr"), metrics=["fd"], **kw)
+    assert r["teacher_fd"] == pytest.approx(own["fd"], rel=1e-6) and r["teacher_fd"] != pytest.approx(r["fd"], rel=1e-3)
+    assert r["teacher_accuracy"] == own["accuracy"]
+    alone = evaluate(model, s4s.baseline("ddim", model.schedule, 2), metrics=["teacher"], teacher="dpmpp_2m:4", **kw)
+    assert alone["teacher_fd"] is None  # no FD asked for: no floor either
+
+
 def test_eval_with_a_stand_in_feature_module_for_rgb(tmp_path):
     """The Inception code path's wiring, with a stand-in feature network (no weights here)."""
     model = load_model(_tiny_model_folder(tmp_path / "rgb", channels=3, size=16, classes=0))

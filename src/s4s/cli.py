@@ -372,8 +372,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
              f"  FD:           {fd}", f"  teacher RMSE: {rmse}"]
     if result["teacher_rmse_pixels"] is not None:
         lines.append(f"  teacher RMSE, decoded images (clamped to [-1, 1]): {result['teacher_rmse_pixels']:.4f}")
+    if result["teacher_fd"] is not None:
+        lines.append(f"  teacher's FD: {result['teacher_fd']:.4f} (the floor of a solver that matched it)")
     if result["accuracy"] is not None:
-        lines.append(f"  accuracy:     {result['accuracy']:.4f}")
+        teacher_part = "" if result["teacher_accuracy"] is None else f" (teacher: {result['teacher_accuracy']:.4f})"
+        lines.append(f"  accuracy:     {result['accuracy']:.4f}{teacher_part}")
     if result["clip_score"] is not None:
         lines.append(f"  CLIP score:   {result['clip_score']:.2f}")
     if result["range_excursion"] is not None:

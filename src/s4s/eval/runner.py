@@ -10,6 +10,9 @@ Metrics (each ``None`` in the result when not asked for):
   pixel models the range excursions (RMS distance of the samples to the data range) of the samples
   and the teacher's, ``range_excursion`` and ``teacher_range_excursion``;
   ``teacher_feature_l2`` - mean L2 distance between their features (a perceptual distance);
+  with ``fd`` too, ``teacher_fd`` - the teacher's own FD on the same noises (and labels), the floor a
+  solver that matched its teacher would reach, and, where ``accuracy`` is measured,
+  ``teacher_accuracy``;
 * ``accuracy`` - how often the bundled classifier recognises the requested class (guided
   class-conditional sampling only);
 * ``clip_score`` - text-to-image models: the mean CLIP score of each image and its prompt
@@ -165,7 +168,7 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         "accuracy": None, "clip_score": None, "teacher_rmse_pixels": None,
         "data_range": None if data_range is None else list(data_range), "teacher_rmse_raw": None,
         "range_excursion": None if data_range is None else math.sqrt(excursion_sum(samples, data_range) / num_samples),
-        "teacher_range_excursion": None,
+        "teacher_range_excursion": None, "teacher_fd": None, "teacher_accuracy": None,
     }
     images = _decode(model, samples)
     feats = batched(feature_net.features, images, device=feature_net.device) if feature_net is not None else None
@@ -196,6 +199,11 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
         if feats is not None:
             teacher_feats = batched(feature_net.features, teacher_images, device=feature_net.device)
             result["teacher_feature_l2"] = float((feats - teacher_feats).norm(dim=1).mean())
+            if "fd" in metrics:  # the floor: what the solver would score if it matched its teacher exactly
+                result["teacher_fd"] = frechet_distance(FeatureStats.from_features(teacher_feats), feature_net.reference)
+            if result["accuracy"] is not None:
+                pred = batched(lambda x: feature_net.classifier(x).argmax(1), teacher_images, device=feature_net.device)
+                result["teacher_accuracy"] = float((pred == labels).float().mean())
     prompts = None if model.prompts is None or labels is None else [model.prompts[int(k)] for k in labels]
     if "clip" in metrics:
         scores = torch.cat([clip_scorer.score(images[i:i + 64], prompts[i:i + 64]) for i in range(0, num_samples, 64)])
