@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--method", default="s4s-alt-pc")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--family-steps", type=int, default=None, help="steps of the family (default: --steps)")
+    p.add_argument("--shared-fraction", type=float, default=None,
+                   help="steps in which the family's anchors share one solver, as a fraction (default: the library's)")
     p.add_argument("--noises", type=int, default=400, help="teacher noises of a single-scale run (the family: the same)")
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--components", type=int, default=6)
@@ -57,9 +59,10 @@ def main() -> None:
     lo, hi = args.range
     per = args.noises // (2 * args.anchors - 1)
     family_steps = args.family_steps or args.steps
+    shared = {} if args.shared_fraction is None else {"shared_fraction": args.shared_fraction}
     family = s4s.learn(den, vp, args.nfe, (args.dim,), guidance_range=(lo, hi), anchors=args.anchors,
                        num_samples=per * (2 * args.anchors - 1), labels=torch.arange(per) % k,
-                       **{**kw, "steps": family_steps})
+                       **{**kw, "steps": family_steps}, **shared)
     family_seconds = time.time() - t0
     x = vp.prior_noise((args.test_noises, args.dim), generator=torch.Generator().manual_seed(99), dtype=torch.float64)
     labels = torch.arange(args.test_noises) % k
@@ -83,7 +86,8 @@ def main() -> None:
     mean_single = sum(single_seconds) / len(single_seconds)
     lines = [f"Command: `python benchmarks/guidance_family_gmm.py {' '.join(sys.argv[1:])}`", "",
              f"Exact mixture ({args.dim}-D, {args.components} classes), NFE {args.nfe}, {args.method}, {args.steps} "
-             f"steps (the family: {family_steps}), {args.noises} teacher noises (the family: {per} at each of "
+             f"steps (the family: {family_steps}, its anchors one shared solver for the first "
+             f"{100 * family.solver.metadata['shared_fraction']:g} % of them), {args.noises} teacher noises (the family: {per} at each of "
              f"{len(trained)} scales), learning seed {args.seed}; family "
              f"anchors {', '.join(f'{a:g}' for a in anchors)}; learned at {', '.join(f'{a:g}' for a in trained)}. "
              f"RMSE to RK45 (1e-9) on {args.test_noises} held-out noises.", "",

@@ -88,6 +88,46 @@ def test_a_learned_family_beats_the_base_at_anchor_and_between_anchor_scales(vp)
         assert e_family < 0.8 * e_base, (w, e_family, e_base)
 
 
+@pytest.mark.parametrize("shared_fraction", [0.0, 0.5, 1.0])
+def test_a_family_shares_one_solver_for_its_first_steps_then_each_anchor_learns_its_own(vp, shared_fraction):
+    """The anchors equal each other (one solver for every scale) up to the shared steps; afterwards they move
+    apart, and a wholly shared family is one solver at every scale."""
+    from s4s.learning import trainer
+
+    gmm = s4s.GaussianMixture.random(dim=DIM, components=4, seed=2)
+    per, steps = 24, 12
+    seen = []  # after each optimiser step: the step and whether the anchors' parameters are equal
+
+    def watch(state, config, phase, original=trainer.TrainState.optimiser_step):
+        original(state, config, phase)
+        seen.append(state.step)
+
+    members_equal = []
+    share = trainer.GuidanceFamilyModule.share_
+
+    def share_and_record(module):
+        share(module)
+        members_equal.append(all(torch.equal(p, q) for p, q in zip(module.members[0].parameters(),
+                                                                     module.members[-1].parameters())))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer.TrainState, "optimiser_step", watch)
+        mp.setattr(trainer.GuidanceFamilyModule, "share_", share_and_record)
+        family = s4s.learn(gmm.denoiser(vp), vp, 3, (DIM,), method="s4s-alt-pc", base="dpmpp_3m", grid="time",
+                           guidance_range=(1.0, 5.0), anchors=3, num_samples=per * 5, labels=torch.arange(per) % 4,
+                           teacher="dpmpp_3m:30", steps=steps, batch_size=16, val_every=4, probe_starts=1,
+                           shared_fraction=shared_fraction, cache=False, progress=False).solver
+    shared = round(shared_fraction * steps)
+    assert family.metadata["shared_fraction"] == shared_fraction
+    assert seen == list(range(steps)) and members_equal == [True] * shared  # shared after each of the first steps
+    first, last = family.solvers[0], family.solvers[-1]
+    same = torch.equal(first.grid, last.grid) and torch.equal(first.tables.b, last.tables.b)
+    assert same == (shared_fraction == 1.0)
+    if same:
+        w_solvers = [family.at_guidance(w) for w in (1.0, 2.5, 5.0)]
+        assert all(torch.equal(s.tables.bc, first.tables.bc) for s in w_solvers)
+
+
 def test_the_cli_learns_a_family_and_eval_and_the_scheduler_use_it_at_one_scale(tmp_path, caplog, capsys):
     from diffusers import DDPMScheduler
     from test_eval import _tiny_model_folder

@@ -32,6 +32,9 @@ def test_the_default_config_is_the_default_preset_and_the_cli_default():
     assert learn_config_from_args(args).optimizer == "lm"
     args = build_parser().parse_args(["learn", "--nfe", "4", "--out", "x.json", "--optimizer", "lm"])
     assert learn_config_from_args(args) == LearnConfig(nfe=4, optimizer="lm")
+    args = build_parser().parse_args(["learn", "--nfe", "4", "--out", "x.json", "--guidance", "1:6", "--anchors", "4",
+                                      "--shared-fraction", "0.25"])
+    assert learn_config_from_args(args) == LearnConfig(nfe=4, guidance_range=(1.0, 6.0), anchors=4, shared_fraction=0.25)
 
 
 def test_unknown_options_and_presets_are_refused_by_name():

@@ -117,7 +117,8 @@ LEARN_FLAGS = {"method": "method", "teacher": "teacher", "teacher_samples": "num
                "lm_memory": "lm_memory", "lm_steps": "lm_steps",
                "ball_radius": "ball_radius", "base": "base", "grid": "grid", "screen_samples": "screen_samples",
                "probe_starts": "probe_starts", "probe_steps": "probe_steps", "learn_a": "learn_a",
-               "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors", "seed": "seed"}
+               "decode_loss": "decode_loss", "guidance": "guidance", "anchors": "anchors",
+               "shared_fraction": "shared_fraction", "seed": "seed"}
 
 
 def learn_config_from_args(args: argparse.Namespace) -> Any:
@@ -587,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "family for every scale in the range (docs/guidance.md)")
     p.add_argument("--anchors", type=int, default=None,
                    help=_preset_help("anchor scales of a guidance family (it learns at anchors and midpoints)", "anchors"))
+    p.add_argument("--shared-fraction", type=float, default=None,
+                   help=_preset_help("guidance family: the fraction of the steps in which its anchors learn one shared "
+                                     "solver before each learns its own (docs/design.md §5.9)", "shared_fraction"))
     p.add_argument("--decode-loss", action="store_true", help="latent pipelines: measure the loss on decoded images "
                                                               "(default: on latents)")
     p.add_argument("--seed", type=int, default=None, help=_preset_help("seed of the teacher noise and of the batches",

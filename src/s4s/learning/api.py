@@ -194,7 +194,8 @@ def _learn_family(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tu
         conditions.append(Condition(w, *_split(data, config.val_fraction, "teacher samples per scale")))
     teacher_seconds = time.time() - t0
     meta = _run_metadata(denoiser, decode, model_meta, teacher=config.teacher, num_samples=per * len(scales),
-                         guidance_range=[lo, hi], anchors=anchors, training_scales=scales)
+                         guidance_range=[lo, hi], anchors=anchors, training_scales=scales,
+                         shared_fraction=config.shared_fraction)
     result = train_family(denoiser, schedule, conditions, anchors, config, run_dir, resume, progress, feature_fn, meta,
                           decode, device=device, data_range=data_range)
     return _finish(result, teacher_seconds, run_dir)

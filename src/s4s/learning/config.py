@@ -95,6 +95,8 @@ class LearnConfig:
     guidance: Optional[float] = None   # classifier-free guidance scale learned for
     guidance_range: Optional[tuple[float, float]] = None   # or a range: one solver family for every scale in it
     anchors: int = 3                   # anchor scales of a family (learned at anchors and midpoints)
+    shared_fraction: float = 0.5       # a family's first shared_fraction of the steps learn one solver shared by every
+    #                                    anchor (their parameters set to their mean after each step), then each its own
     seed: int = 0
     checkpoint: Optional[bool] = None  # per-call activation checkpointing; None: on for samples >= 4096 values
 
@@ -183,6 +185,9 @@ class LearnConfig:
             raise ValueError(f"backoff_ratio must be > 1 (inf: never back off), got {self.backoff_ratio}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
+        if not 0 <= self.shared_fraction <= 1:  # also refuses NaN
+            raise ValueError(f"shared_fraction must lie in [0, 1] (0: every anchor its own solver from the start), got "
+                             f"{self.shared_fraction}")
         if not 0 <= self.ema < 1:  # also refuses NaN
             raise ValueError(f"ema must lie in [0, 1) (0: no averaging), got {self.ema}")
         if self.warmup < 0:

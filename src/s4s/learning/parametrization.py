@@ -140,6 +140,15 @@ class GuidanceFamilyModule(nn.Module):
     def grid_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.members for p in m.grid_parameters()]
 
+    @torch.no_grad()
+    def share_(self) -> None:
+        """Set every anchor's parameters to their mean over the anchors: one solver for every scale (the
+        first part of a family's learning, docs/design.md §5.9)."""
+        for params in zip(*(m.parameters() for m in self.members)):
+            mean = torch.stack([p.detach() for p in params]).mean(0)
+            for p in params:
+                p.copy_(mean)
+
     def at(self, guidance: float) -> tuple[Tensor, Tensor, Tables]:
         k, u = interval(self.scales, guidance)
         return mix(self.members[k](), self.members[k + 1](), u)

@@ -517,8 +517,9 @@ def train_family(denoiser, schedule: Schedule, conditions: list[Condition], anch
                  device: Optional[torch.device | str] = None, data_range: DataRange = None) -> LearnResult:
     """Learn a :class:`~s4s.family.GuidanceFamily`: one learnable solver per anchor scale, all started from
     the same base (chosen on the mean validation loss over the scales), trained on mini-batches of one
-    condition (guidance scale) at a time, drawn at random; validation and selection on the mean over
-    the scales (docs/design.md §5.9)."""
+    condition (guidance scale) at a time, drawn at random, the anchors one shared solver for the first
+    ``config.shared_fraction`` of the steps; validation and selection on the mean over the scales
+    (docs/design.md §5.9)."""
     def family(base: str, grid: str) -> GuidanceFamilyModule:
         return GuidanceFamilyModule(anchors, [_learnable(schedule, config, base, grid) for _ in anchors])
 
@@ -541,6 +542,7 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
     if device is not None:
         conditions = [Condition(c.guidance, c.train.to(device), c.val.to(device)) for c in conditions]
     single = len(conditions) == 1
+    shared_steps = 0 if single else round(config.shared_fraction * config.steps)  # a family's steps with one solver
     train = conditions[0].train
     distance = make_distance(config.loss, feature_fn)
     aware_targets = _use_range_aware(config, data_range, transform, conditions)
@@ -695,6 +697,8 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
                 return stopped
             distributed.all_reduce_([p.grad for p in model.parameters()])  # the same step on every rank
             state.optimiser_step(config, phase)
+            if not single and state.step < shared_steps:  # a family's anchors are one solver for now (§5.9)
+                model.share_()
             if state.average is not None:
                 state.average.update(model, PHASE_GROUPS[phase])
             moved_groups.update(PHASE_GROUPS[phase])
