@@ -100,6 +100,11 @@ def main() -> None:
     lines += ["", f"Learning time (this CPU, 1 thread): family {family_seconds:.0f} s, one single-scale solver "
               f"{mean_single:.0f} s on average ({family_seconds / mean_single:.2f}x); all single-scale solvers together "
               f"{sum(single_seconds):.0f} s."]
+    checks = family.solver.metadata["between_scales"]
+    lines += ["", "Learning's check halfway between the training scales (the family's noises, RMSE to its teacher, "
+              "family / best screened hand-designed): " + "; ".join(
+                  f"w = {w}: {c['family']:.4f} / {c['best']:.4f} ({c['best_solver']}){' **flagged**' if c['worse'] else ''}"
+                  for w, c in checks.items()) + "."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

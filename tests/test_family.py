@@ -78,6 +78,8 @@ def test_a_learned_family_beats_the_base_at_anchor_and_between_anchor_scales(vp)
     family = result.solver
     assert isinstance(family, GuidanceFamily) and family.scales == [1.0, 3.0, 5.0]
     assert family.metadata["guidance_range"] == [1.0, 5.0] and "val_by_guidance" in result.history[-1]
+    checks = family.metadata["between_scales"]  # measured halfway between the training scales
+    assert list(checks) == ["1.5", "2.5", "3.5", "4.5"] and not any(c["worse"] for c in checks.values())
     base = s4s.baseline("dpmpp_3m", vp, 4, grid="time")
     x = vp.prior_noise((64, DIM), generator=torch.Generator().manual_seed(123), dtype=torch.float64)
     test_labels = torch.arange(64) % gmm.num_components
@@ -139,8 +141,10 @@ def test_the_cli_learns_a_family_and_eval_and_the_scheduler_use_it_at_one_scale(
     assert main(["learn", "--model", folder, "--data", "mnist", "--nfe", "2", "--guidance", "1:3", "--anchors", "2",
                  "--preset", "fast", "--teacher", "ddim:4", "--teacher-samples", "24", "--steps", "4", "--out", out,
                  "--json"]) == 0
+    learned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     family = load_solver(out)
     assert isinstance(family, GuidanceFamily) and family.scales == [1.0, 3.0] and family.nfe == 2
+    assert list(learned["between_scales"]) == ["1.5", "2.5"] == list(family.metadata["between_scales"])
     assert family.metadata["training_scales"] == [1.0, 2.0, 3.0] and family.metadata["num_samples"] == 24
     probe = family.metadata["probe_losses"]   # two starts, each learned the whole (4-step) run, on one objective
     assert len(probe) == 2 and probe[f"{family.metadata['base']}/{family.metadata['grid_init']}"] == min(probe.values())
@@ -181,3 +185,42 @@ def test_bench_report_merges_cells_at_several_scales_into_one_table_per_nfe(tmp_
     assert "| best hand-designed (named) | unipc_bh1 41.00 / 0.900 | unipc_bh1 44.00 / 0.900 |" in table
     assert "| s4s-alt-pc family 1:8 | **31.00 / 0.950** | **34.00 / 0.950** |" in table
     assert (tmp_path / "r" / "fd_vs_guidance_nfe5.png").exists()
+
+
+def test_a_family_is_checked_between_its_training_scales_against_hand_designed_solvers(vp, caplog):
+    """Halfway between training scales the family is measured against the teacher there (RK45 on the exact
+    mixture) beside hand-designed solvers; a family made of one of them everywhere is never worse than it, one
+    with a broken middle anchor is flagged at every check scale, and the recorded RMSEs (the family's, the best
+    candidate's) are the ones computed directly."""
+    from s4s.learning.family_check import check_between_scales, check_scales
+
+    gmm = s4s.GaussianMixture.random(dim=DIM, components=4, seed=2)
+    den = gmm.denoiser(vp)
+    base = s4s.baseline("dpmpp_3m", vp, 4, grid="logsnr")
+    other = s4s.baseline("unipc_bh1", vp, 4, grid="time")
+    plain = s4s.Solver(base.grid, s4s.Tables(base.tables.a, base.tables.b), base.input_times, vp)
+    broken = s4s.Solver(base.grid, s4s.Tables(base.tables.a, 2 * base.tables.b), base.input_times, vp)
+    x = vp.prior_noise((32, DIM), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    labels = torch.arange(32) % gmm.num_components
+    training = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert check_scales(training) == [1.5, 2.5, 3.5, 4.5]
+
+    same = GuidanceFamily([1.0, 3.0, 5.0], [plain] * 3)
+    checks = check_between_scales(den, same, {"dpmpp_3m/logsnr": base}, training, x, labels, "rk45:1e-9", None,
+                                  batch_size=16)
+    assert list(checks) == ["1.5", "2.5", "3.5", "4.5"]
+    assert all(c["family"] == c["best"] and not c["worse"] for c in checks.values())
+
+    bad = GuidanceFamily([1.0, 3.0, 5.0], [plain, broken, plain])
+    candidates = {"dpmpp_3m/logsnr": base, "unipc_bh1/time": other}
+    with caplog.at_level("WARNING", logger="s4s.learning.family_check"):
+        checks = check_between_scales(den, bad, candidates, training, x, labels, "rk45:1e-9", None, batch_size=16)
+    assert all(c["worse"] for c in checks.values())
+    assert "than a hand-designed solver at w = 1.5, 2.5, 3.5, 4.5" in caplog.text
+    ref, _ = rk45_sample(den, x, vp, labels, 2.5, rtol=1e-9, atol=1e-9)
+    rmse = {name: float((s.sample(den, x, labels, 2.5) - ref).pow(2).mean().sqrt()) for name, s in
+            {"family": bad.at_guidance(2.5), **candidates}.items()}
+    best = min(candidates, key=rmse.get)
+    assert checks["2.5"]["best_solver"] == best
+    assert checks["2.5"]["family"] == pytest.approx(rmse["family"], rel=1e-6)
+    assert checks["2.5"]["best"] == pytest.approx(rmse[best], rel=1e-6)

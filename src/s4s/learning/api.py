@@ -17,7 +17,9 @@ from torch import Tensor
 
 from s4s import distributed
 from s4s.denoisers import clip_of, device_of, fingerprint_of
+from s4s.baselines import baseline
 from s4s.learning.config import LearnConfig, preset_config
+from s4s.learning.family_check import check_between_scales
 from s4s.family import anchor_scales, training_scales
 from s4s.learning.trainer import Condition, LearnResult, check_range_aware, range_or_clip, save_run, train_family, train_solver
 from s4s.models import LoadedModel
@@ -198,4 +200,15 @@ def _learn_family(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tu
                          shared_fraction=config.shared_fraction)
     result = train_family(denoiser, schedule, conditions, anchors, config, run_dir, resume, progress, feature_fn, meta,
                           decode, device=device, data_range=data_range)
-    return _finish(result, teacher_seconds, run_dir)
+    # the interpolation between the training scales, measured there on every noise and label the family learned
+    # from (the same at every scale) against the hand-designed solvers screened as bases (docs/design.md §5.9)
+    t0 = time.time()
+    first = conditions[0]
+    x_T = torch.cat([first.train.x_T, first.val.x_T]).to(device)
+    cond = None if first.train.cond is None else torch.cat([first.train.cond, first.val.cond]).to(device)
+    candidates = {key: baseline(key.split("/")[0], schedule, config.nfe, grid=key.split("/")[1])
+                  for key in result.base_losses}
+    result.solver.metadata["between_scales"] = check_between_scales(
+        denoiser, result.solver, candidates, scales, x_T, cond, config.teacher, range_or_clip(data_range, denoiser),
+        config.teacher_batch_size)
+    return _finish(result, teacher_seconds + time.time() - t0, run_dir)

@@ -104,14 +104,16 @@ class LearnResult:
         return self.solver.metadata["grid_init"]
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-able summary: method, NFE, base/grid, validation distances base -> kept, timings."""
+        """A JSON-able summary: method, NFE, base/grid, validation distances base -> kept, timings (a guidance
+        family: also its check between the training scales)."""
         meta = self.solver.metadata
+        family = {"between_scales": meta["between_scales"]} if "between_scales" in meta else {}
         return {"method": meta["method"], "nfe": self.solver.nfe, "base": self.base, "grid": self.grid,
                 "loss": meta["loss"], "base_val_loss": meta["base_val_loss"], "val_loss": meta["val_loss"],
                 "base_val_rmse": meta["base_val_rmse"], "val_rmse": meta["val_rmse"], "steps": meta["steps"],
                 "lr_backoffs": meta.get("lr_backoffs", []), "probe_losses": meta.get("probe_losses", {}),
                 "stopped": self.stopped, "seconds": self.seconds,
-                "teacher_seconds": self.teacher_seconds, "seconds_per_step": self.seconds_per_step}
+                "teacher_seconds": self.teacher_seconds, "seconds_per_step": self.seconds_per_step, **family}
 
 
 @dataclass
