@@ -172,8 +172,17 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
     }
     images = _decode(model, samples)
     feats = batched(feature_net.features, images, device=feature_net.device) if feature_net is not None else None
+
+    def fd_of(features: Tensor) -> float:
+        return frechet_distance(FeatureStats.from_features(features), feature_net.reference)
+
+    def accuracy_of(shown: Tensor) -> float:
+        """How often the bundled classifier recognises the requested label in ``shown``."""
+        pred = batched(lambda x: feature_net.classifier(x).argmax(1), shown, device=feature_net.device)
+        return float((pred == labels).float().mean())
+
     if "fd" in metrics:
-        result["fd"] = frechet_distance(FeatureStats.from_features(feats), feature_net.reference)
+        result["fd"] = fd_of(feats)
         result["feature_space"] = feature_net.name
         dim = feats.reshape(feats.shape[0], -1).shape[1]
         if num_samples <= dim:
@@ -181,8 +190,7 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
                                     f"and the value is dominated by estimation error; use well over {dim} samples")
             log.warning("%s", result["fd_warning"])
     if feature_net is not None and feature_net.classifier is not None and guidance is not None and labels is not None:
-        pred = batched(lambda x: feature_net.classifier(x).argmax(1), images, device=feature_net.device)
-        result["accuracy"] = float((pred == labels).float().mean())
+        result["accuracy"] = accuracy_of(images)
     if "teacher" in metrics:
         data = make_teacher_data(model.denoiser, model.schedule, model.sample_shape, num_samples=num_samples,
                                  teacher=teacher, seed=seed, labels=labels, guidance=guidance, batch_size=batch_size,
@@ -200,10 +208,9 @@ def evaluate(model: LoadedModel, sampler: Sampler, num_samples: int = 10000, see
             teacher_feats = batched(feature_net.features, teacher_images, device=feature_net.device)
             result["teacher_feature_l2"] = float((feats - teacher_feats).norm(dim=1).mean())
             if "fd" in metrics:  # the floor: what the solver would score if it matched its teacher exactly
-                result["teacher_fd"] = frechet_distance(FeatureStats.from_features(teacher_feats), feature_net.reference)
+                result["teacher_fd"] = fd_of(teacher_feats)
             if result["accuracy"] is not None:
-                pred = batched(lambda x: feature_net.classifier(x).argmax(1), teacher_images, device=feature_net.device)
-                result["teacher_accuracy"] = float((pred == labels).float().mean())
+                result["teacher_accuracy"] = accuracy_of(teacher_images)
     prompts = None if model.prompts is None or labels is None else [model.prompts[int(k)] for k in labels]
     if "clip" in metrics:
         scores = torch.cat([clip_scorer.score(images[i:i + 64], prompts[i:i + 64]) for i in range(0, num_samples, 64)])

@@ -206,8 +206,8 @@ def _learn_family(denoiser: Callable[..., Tensor], schedule: Schedule, shape: tu
     first = conditions[0]
     x_T = torch.cat([first.train.x_T, first.val.x_T]).to(device)
     cond = None if first.train.cond is None else torch.cat([first.train.cond, first.val.cond]).to(device)
-    candidates = {key: baseline(key.split("/")[0], schedule, config.nfe, grid=key.split("/")[1])
-                  for key in result.base_losses}
+    candidates = {f"{name}/{grid}": baseline(name, schedule, config.nfe, grid=grid)
+                  for name, grid in (key.split("/") for key in result.base_losses)}
     result.solver.metadata["between_scales"] = check_between_scales(
         denoiser, result.solver, candidates, scales, x_T, cond, config.teacher, range_or_clip(data_range, denoiser),
         config.teacher_batch_size)

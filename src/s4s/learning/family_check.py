@@ -27,9 +27,11 @@ from torch import Tensor
 
 from s4s import distributed
 from s4s.family import GuidanceFamily
+from s4s.learning.objectives import l2
+from s4s.learning.trainer import batched_validation
 from s4s.solver import Solver
-from s4s.teacher import teacher_sampler
-from s4s.teacher_distance import DataRange, squared_error_sum
+from s4s.teacher import TeacherData, teacher_sampler
+from s4s.teacher_distance import DataRange
 
 __all__ = ["check_scales", "check_between_scales"]
 
@@ -39,19 +41,6 @@ log = logging.getLogger(__name__)
 def check_scales(training: Sequence[float]) -> list[float]:
     """The scales halfway between consecutive training scales."""
     return [(a + b) / 2 for a, b in zip(training[:-1], training[1:])]
-
-
-def _rmse(sample: Callable[[Tensor, Optional[Tensor]], Tensor], x_T: Tensor, cond: Optional[Tensor],
-          reference: Tensor, batch_size: int, data_range: DataRange) -> float:
-    """RMSE of ``sample(x_T, cond)`` to ``reference`` (both clamped to ``data_range`` when given), in batches."""
-    starts = list(range(0, x_T.shape[0], batch_size))
-
-    def part(k: int) -> float:
-        sl = slice(starts[k], starts[k] + batch_size)
-        with torch.no_grad():
-            return squared_error_sum(sample(x_T[sl], None if cond is None else cond[sl]), reference[sl], data_range)
-
-    return math.sqrt(sum(distributed.map_batches(part, len(starts))) / x_T.shape[0])
 
 
 def check_between_scales(denoiser: Callable[..., Tensor], family: GuidanceFamily, candidates: dict[str, Solver],
@@ -75,9 +64,9 @@ def check_between_scales(denoiser: Callable[..., Tensor], family: GuidanceFamily
 
         reference = torch.cat(distributed.map_batches(teacher_part, len(starts))).to(x_T.device)
 
-        def rmse(solver: Solver, w: float = w, reference: Tensor = reference) -> float:
-            return _rmse(lambda x, c: solver.sample(denoiser, x, c, w, check_finite=False), x_T, cond, reference,
-                         batch_size, data_range)
+        def rmse(solver: Solver, w: float = w, data: TeacherData = TeacherData(x_T, cond, reference)) -> float:
+            return math.sqrt(batched_validation(lambda x, c: solver.sample(denoiser, x, c, w, check_finite=False), l2,
+                                                data, batch_size, data_range).mse)
 
         fam = rmse(family.at_guidance(w))
         scores = {name: rmse(solver) for name, solver in candidates.items()}

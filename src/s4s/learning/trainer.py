@@ -65,8 +65,8 @@ from s4s.solver import NonFiniteError, Solver, integrate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LearnResult", "Condition", "train_solver", "train_family", "choose_base", "probe_starts", "save_run",
-           "phase_at"]
+__all__ = ["LearnResult", "Condition", "train_solver", "train_family", "choose_base", "probe_starts",
+           "batched_validation", "save_run", "phase_at"]
 # Bases "auto" chooses from. Linear-multistep methods start from predictor-only solvers (UniP, not
 # UniPC): a base's own corrector, kept fixed under learned predictor rows, learned worse solvers on the
 # bundled eps model (docs/ablations_mnist.md). The -pc methods learn a corrector and start from UniPC itself.
@@ -128,8 +128,8 @@ class Validation:
     per_scale: dict[str, float] = field(default_factory=dict)
 
 
-def _batched_loss(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], distance, data: TeacherData,
-                  batch_size: int, data_range: DataRange = None) -> Validation:
+def batched_validation(solver_fn: Callable[[Tensor, Optional[Tensor]], Tensor], distance, data: TeacherData,
+                       batch_size: int, data_range: DataRange = None) -> Validation:
     """Mean ``distance`` over ``data``, with the MSE to the teacher and the range excursion. Under
     torchrun the batches are split over the ranks; the per-batch sums are added in batch order on every
     rank, as one process adds them."""
@@ -180,7 +180,7 @@ def choose_base(denoiser, schedule: Schedule, config: LearnConfig, val: Optional
             for c in conditions:
                 fn = lambda x, cond, w=c.guidance: solver.sample(denoiser, x, cond, w, check_finite=False)  # noqa: E731
                 screen = c.val if len(c.val) <= config.screen_samples else c.val.split(config.screen_samples)[0]
-                total += _batched_loss(fn, distance, screen, 4 * (config.micro_batch or config.batch_size)).loss
+                total += batched_validation(fn, distance, screen, 4 * (config.micro_batch or config.batch_size)).loss
             losses[f"{base}/{grid}"] = total / len(conditions)
     finite = {k: v for k, v in losses.items() if math.isfinite(v)}
     if not finite:
@@ -579,8 +579,9 @@ def _train(denoiser, schedule: Schedule, conditions: list[Condition], config: Le
         parts = {}
         for c in conditions:
             solver = model.solver_at(c.guidance)
-            parts[key(c)] = _batched_loss(lambda x, cond: solver.sample(denoiser, x, cond, c.guidance, check_finite=False),
-                                          distance, c.val, 4 * (config.micro_batch or config.batch_size), data_range)
+            parts[key(c)] = batched_validation(
+                lambda x, cond: solver.sample(denoiser, x, cond, c.guidance, check_finite=False), distance, c.val,
+                4 * (config.micro_batch or config.batch_size), data_range)
         n = len(conditions)
         return Validation(sum(weights.get(k, 1.0) * v.loss for k, v in parts.items()) / n,
                           sum(v.mse for v in parts.values()) / n, sum(v.excursion for v in parts.values()) / n,
