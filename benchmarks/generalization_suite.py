@@ -24,6 +24,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -39,10 +40,27 @@ TEACHER = "unipc_bh2:100"
 GRIDS = ("time", "logsnr", "edm", "quadratic")
 
 
+def add_measure_arguments(p: argparse.ArgumentParser) -> None:
+    """The options :func:`measure` reads (``--num-samples``) and the CPU threads of every suite script."""
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
 def measure(model, sampler, args, cache) -> dict:
     r = evaluate(model, sampler, num_samples=args.num_samples, seed=0, metrics=["teacher"], teacher=TEACHER,
                  batch_size=500, cache_dir=cache, progress=False)
     return {k: r[k] for k in ("teacher_rmse", "teacher_rmse_raw", "range_excursion", "teacher_range_excursion")}
+
+
+def measure_baseline(model, name: str, nfe: int, args, cache) -> Optional[dict]:
+    """:func:`measure` of the hand-designed ``name`` (``solver/grid``) at ``nfe``; None (logged) where it cannot
+    be run or its samples are not finite."""
+    base, grid = name.split("/")
+    try:
+        return measure(model, s4s.baseline(base, model.schedule, nfe, grid=grid), args, cache)
+    except (ValueError, FloatingPointError, RuntimeError) as err:  # e.g. non-finite samples
+        log.info("%s %s at NFE %d: %s", model.name, name, nfe, err)
+        return None
 
 
 def learned_fields(result, seconds: float) -> dict:
@@ -72,8 +90,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=sorted(d.name for d in SUITE_DIR.iterdir() if d.is_dir()))
     p.add_argument("--nfe", type=int, nargs="+", default=[3, 4, 5, 6])
     p.add_argument("--methods", nargs="+", default=["s4s", "s4s-alt", "s4s-alt-pc"])
-    p.add_argument("--num-samples", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_measure_arguments(p)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -93,12 +110,8 @@ def main() -> None:
                 best = None
                 for base in sorted(BASELINES):
                     for grid in GRIDS:
-                        try:
-                            m = measure(model, s4s.baseline(base, model.schedule, nfe, grid=grid), args, cache)
-                        except (ValueError, FloatingPointError, RuntimeError) as err:  # e.g. non-finite samples
-                            log.info("%s/%s at NFE %d: %s", base, grid, nfe, err)
-                            continue
-                        if best is None or m["teacher_rmse"] < best["teacher_rmse"]:
+                        m = measure_baseline(model, f"{base}/{grid}", nfe, args, cache)
+                        if m is not None and (best is None or m["teacher_rmse"] < best["teacher_rmse"]):
                             best = {**m, "solver": f"{base}/{grid}"}
                 append_row(results_path, {"model": name, "nfe": nfe, "method": "best hand-designed", **best, **run})
             for method in args.methods:

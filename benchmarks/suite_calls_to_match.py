@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import s4s
-from generalization_suite import SUITE_DIR, measure
+from generalization_suite import SUITE_DIR, add_measure_arguments, measure_baseline
 from s4s.plotting import line_plot
 from s4s.teacher import default_cache_dir
 
@@ -76,8 +76,7 @@ def main() -> None:
     p.add_argument("--nfe", type=int, nargs="+", default=[7, 8, 10, 12], help="hand-designed NFEs to add")
     p.add_argument("--results", type=Path, default=Path("docs/generalization/results.json"),
                    help="the suite's rows (benchmarks/generalization_suite.py)")
-    p.add_argument("--num-samples", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_measure_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="JSON file of the extra hand-designed rows (reused)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -94,11 +93,8 @@ def main() -> None:
             for pair in pairs:
                 if (name, nfe, pair) in done:
                     continue
-                base, grid = pair.split("/")
-                try:
-                    m = measure(model, s4s.baseline(base, model.schedule, nfe, grid=grid), args, default_cache_dir())
-                except (ValueError, FloatingPointError, RuntimeError) as err:  # as the suite: e.g. non-finite samples
-                    log.info("%s %s NFE %d: %s", name, pair, nfe, err)
+                m = measure_baseline(model, pair, nfe, args, default_cache_dir())
+                if m is None:
                     continue
                 extra.append({"model": name, "nfe": nfe, "method": "best hand-designed", "solver": pair, **m,
                               "command": command, "threads": torch.get_num_threads()})

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import s4s
-from generalization_suite import SUITE_DIR, learned_fields, measure
+from generalization_suite import SUITE_DIR, add_measure_arguments, learned_fields, measure
 from s4s.teacher import default_cache_dir
 
 
@@ -27,8 +27,7 @@ def main() -> None:
     p.add_argument("model", help="a folder name under benchmarks/suite/")
     p.add_argument("nfe", type=int)
     p.add_argument("--options", default="{}", help="JSON object of s4s.learn options (LearnConfig fields)")
-    p.add_argument("--num-samples", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_measure_arguments(p)
     p.add_argument("--rows", type=Path, required=True, help="JSON-lines file the row is appended to")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
